@@ -1,0 +1,42 @@
+# Two entry points: `make demo` and `make test` (both install into .venv when needed).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.hugnc-installed
+DEBIAN_FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test install fashion-mnist lint bench clean-logs
+
+install: $(STAMP)
+
+# Reinstalls when pyproject.toml changes. torch/torchvision come from the machine's pip config.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+# Offline Fashion-MNIST: Debian's package, when apt is there and the files are missing.
+fashion-mnist:
+	@if [ -f $(DEBIAN_FASHION_MNIST)/train-images-idx3-ubyte.gz ] || [ -f data/FashionMNIST/raw/train-images-idx3-ubyte ]; then \
+		echo "Fashion-MNIST: found"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist); \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+		sudo apt-get install -y -q dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST not installed and no apt: hugnc will try torchvision's download."; \
+	fi
+
+demo: install fashion-mnist
+	$(BIN)/python -m hugnc experiment=quickstart
+
+test: install fashion-mnist
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/bench_losses.py

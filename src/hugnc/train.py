@@ -1,0 +1,81 @@
+"""instantiate -> fit -> test: the whole experiment, driven by a composed Hydra config."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from lightning import Callback, LightningDataModule, Trainer, seed_everything
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from hugnc.loggers import finish_loggers
+from hugnc.module import HUGClassifier
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    """Instantiate every entry of a dict-of-configs group (callbacks, loggers); ``null`` -> []."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry is not None]
+
+
+def build_module(cfg: DictConfig, input_shape: tuple[int, int, int]) -> HUGClassifier:
+    """The LightningModule described by ``cfg`` (model, head, loss, optimizer, scheduler groups).
+
+    ``input_shape`` is the datamodule's ``(C, H, W)``, so any model config fits any data config.
+    """
+    backbone = instantiate(cfg.model, input_shape=input_shape)
+    head = instantiate(cfg.head, feature_dim=backbone.feature_dim, num_classes=cfg.data.num_classes)
+    return HUGClassifier(
+        backbone=backbone,
+        head=head,
+        criterion=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler.factory) if cfg.scheduler else None,
+        scheduler_interval=cfg.scheduler.interval if cfg.scheduler else "epoch",
+        num_classes=cfg.data.num_classes,
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train, then test on the best checkpoint (or the last weights); return the final metrics.
+
+    Metrics are also written to ``<output_dir>/metrics.json``.
+    """
+    seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule: LightningDataModule = instantiate(cfg.data)
+    module = build_module(cfg, datamodule.input_shape)
+    callbacks: list[Callback] = _instantiate_all(cfg.get("callbacks"))
+    loggers: list[Logger] = _instantiate_all(cfg.get("logger"))
+    trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    failed = True
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.test:
+            # fast_dev_run keeps no checkpoint, so "best" only when a checkpoint exists.
+            best = (
+                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            )
+            trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
+        metrics = fit_metrics | {k: float(v) for k, v in trainer.callback_metrics.items()}
+        failed = False
+    finally:
+        for line in finish_loggers(loggers, failed):
+            log.info(line)
+            print(line)
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
