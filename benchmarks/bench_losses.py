@@ -17,13 +17,16 @@ MB-sized blocks back to the OS, so each step pays page faults (about 2x on hugnc
 ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824``
 (or jemalloc/tcmalloc) removes that. Other processes on the cores distort the numbers even more.
 
-Part (b) (a training step with a CE head vs a HUG head) is to be added as another function called
-from :func:`main`.
+Part (b), :func:`bench_train_step_table`: one training step (forward, loss, backward, SGD step and,
+for HUG, the proxy renormalization) of the same backbone with the CE head vs each HUG head, timed
+interleaved so that machine noise hits all heads alike. Goal: HUG/CE <= 1.03x.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -34,11 +37,13 @@ from torch import Tensor
 from torch.utils.benchmark import Timer
 
 from hugnc.losses import VARIANTS, HUGLoss
+from hugnc.models import CifarResNet, LeNetPlusPlus, LinearHead, ProxyHead
 
 #: Paper settings (HUG.md): alpha=0.15 for all, beta=0.015 (MHE, MHS) or 0.03 (MGD).
 PAPER_WEIGHTS = {"mhe": (0.15, 0.015), "mhs": (0.15, 0.015), "mgd": (0.15, 0.03)}
 GOAL_VS_LOOP = 3.0  # hugnc at least this many times faster than the loop, for K >= 100
 GOAL_VS_FLOOR = 1.3  # hugnc at most this many times the floor, at K = 1000
+GOAL_STEP_VS_CE = 1.03  # a HUG training step at most this many times a CE step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +202,104 @@ def format_loss_table(rows: list[Row], batch_size: int, dim: int) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class StepRow:
+    setting: str
+    head: str
+    step_ms: float
+    ce_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.step_ms / self.ce_ms
+
+
+def _train_step(
+    backbone: torch.nn.Module,
+    head: torch.nn.Module,
+    loss_name: str,
+    images: Tensor,
+    targets: Tensor,
+) -> Callable[[], object]:
+    params = list(backbone.parameters()) + list(head.parameters())
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=2e-4)
+    if loss_name == "ce":
+        criterion = torch.nn.CrossEntropyLoss()
+
+        def loss_fn() -> Tensor:
+            return criterion(head.logits(backbone(images)), targets)
+    else:
+        alpha, beta = PAPER_WEIGHTS[loss_name]
+        hug = HUGLoss(loss_name, alpha=alpha, beta=beta)
+
+        def loss_fn() -> Tensor:
+            features = backbone(images)
+            head.logits(features)  # accuracy needs the logits every step, as in training
+            return hug(features, head.classifier, targets).loss
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        optimizer.step()
+        head.after_optimizer_step()
+
+    return step
+
+
+def bench_train_step_table(
+    rounds: int = 5, steps_per_round: int = 5, seed: int = 0
+) -> list[StepRow]:
+    """CE head vs HUG heads on the same backbone and batch, interleaved rounds, median step time."""
+    settings = {
+        "LeNet++ 16-32-64 d=2, K=10, B=256, 1x28x28": (
+            lambda: LeNetPlusPlus((1, 28, 28), 2, widths=(16, 32, 64), kernel_size=3),
+            10,
+            (256, 1, 28, 28),
+        ),
+        "CIFAR ResNet-18 d=512, K=100, B=32, 3x32x32": (
+            lambda: CifarResNet(18, (3, 32, 32)),
+            100,
+            (32, 3, 32, 32),
+        ),
+    }
+    rows = []
+    for setting, (make_backbone, num_classes, shape) in settings.items():
+        gen = torch.Generator().manual_seed(seed)
+        images = torch.randn(*shape, generator=gen)
+        targets = torch.randint(0, num_classes, (shape[0],), generator=gen)
+        steps = {}
+        for name in ("ce", *VARIANTS):
+            torch.manual_seed(seed)
+            backbone = make_backbone()
+            head_cls = LinearHead if name == "ce" else ProxyHead
+            head = head_cls(backbone.feature_dim, num_classes)
+            steps[name] = _train_step(backbone, head, name, images, targets)
+            steps[name]()  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(rounds):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                for _ in range(steps_per_round):
+                    step()
+                times[name].append((time.perf_counter() - start) / steps_per_round * 1e3)
+        ce_ms = statistics.median(times["ce"])
+        rows += [StepRow(setting, name, statistics.median(t), ce_ms) for name, t in times.items()]
+    return rows
+
+
+def format_step_table(rows: list[StepRow]) -> str:
+    header = (
+        f"training step, CE head vs HUG heads (median ms over interleaved rounds; goal: "
+        f"HUG/CE <= {GOAL_STEP_VS_CE:g}x)\n"
+        f"{'setting':<44} {'head':>5} {'step ms':>9} {'vs CE':>8}"
+    )
+    lines = [header, "-" * len(header.splitlines()[-1])]
+    for r in rows:
+        goal = "" if r.head == "ce" else _mark(r.ratio <= GOAL_STEP_VS_CE)
+        lines.append(f"{r.setting:<44} {r.head:>5} {r.step_ms:>9.2f} {r.ratio:>7.3f}x {goal}")
+    return "\n".join(lines)
+
+
 def _mark(ok: bool) -> str:
     return " ok" if ok else "MISS"
 
@@ -216,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size, dim=args.dim, min_run_time=0.2 if args.quick else 1.0
     )
     print(format_loss_table(rows, args.batch_size, args.dim))
+    print()
+    print(format_step_table(bench_train_step_table(rounds=3 if args.quick else 7)))
 
 
 if __name__ == "__main__":
