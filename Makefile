@@ -40,3 +40,5 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_losses.py
+	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_data.py

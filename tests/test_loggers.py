@@ -33,7 +33,9 @@ def test_key_detection(no_credentials: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert wandb_api_key_configured()
 
 
-def test_automatic_mode(no_credentials: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_automatic_mode(
+    no_credentials: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert wandb_logger("p", str(tmp_path))._wandb_init["mode"] == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert wandb_logger("p", str(tmp_path))._wandb_init["mode"] == "online"

@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from hugnc.config import config_dir
+from hugnc.resume import ResumeError, rewrite_argv
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _run(cfg: DictConfig) -> float | None:
-    from hugnc.train import train  # heavy imports after Hydra parsed --help / --cfg
+    # Heavy imports after Hydra handled --help / --cfg.
+    from lightning.pytorch.utilities import rank_zero_only
 
-    metrics = train(cfg)
+    from hugnc.distributed import install_hydra_ddp_launcher, isolated_ddp_job
+    from hugnc.train import train
+
+    install_hydra_ddp_launcher()
+    with isolated_ddp_job():
+        metrics = train(cfg)
     accuracy = metrics.get("test/acc")
-    summary = (
-        f"test/acc = {accuracy:.4f}" if accuracy is not None else "no test metrics (test=false)"
-    )
-    print(f"{summary}; run directory: {cfg.paths.output_dir}")
+    if rank_zero_only.rank == 0:
+        summary = f"test/acc = {accuracy:.4f}" if accuracy is not None else "no test metrics"
+        print(f"{summary}; run directory: {cfg.paths.output_dir}")
     return accuracy if accuracy is not None else metrics.get("val/acc")
 
 
 def main() -> None:
+    try:
+        sys.argv[1:] = rewrite_argv(sys.argv[1:])
+    except ResumeError as error:
+        sys.exit(f"hugnc: {error}")
     _run()
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-_RUN_ID: list[str] = []
+#: Exported so that processes started by this one (submitit/SLURM jobs of a sweep, DDP ranks)
+#: resolve the same output directory.
+RUN_STAMP_ENV = "HUGNC_RUN_STAMP"
 
 
 def config_dir() -> Path:
@@ -21,21 +25,32 @@ def config_dir() -> Path:
     raise FileNotFoundError(f"hugnc configs not found in {packaged} or {checkout}: reinstall hugnc")
 
 
-def run_id() -> str:
-    """A per-process random suffix for output directories.
+def run_stamp() -> str:
+    """``<date>_<time>_<random id>`` naming this run's or sweep's output directory.
 
-    Hydra's ``${now:...}`` alone collides when two runs or sweeps start in the same second. The id
-    is fixed within a process (a sweep's jobs share one sweep directory) and never inherited:
-    Lightning's DDP ranks receive the run directory explicitly as ``hydra.run.dir``.
+    Hydra's ``${now:...}`` alone collides when two runs or sweeps start in the same second, and a
+    submitit job re-resolving it in its own process would land in another directory. The stamp is
+    made once, exported in ``HUGNC_RUN_STAMP``, and reused by every process started from here.
     """
-    if not _RUN_ID:
-        _RUN_ID.append(secrets.token_hex(3))
-    return _RUN_ID[0]
+    if RUN_STAMP_ENV not in os.environ:
+        os.environ[RUN_STAMP_ENV] = f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
+    return os.environ[RUN_STAMP_ENV]
+
+
+def sweep_name() -> str | None:
+    """The multirun's directory name (one W&B group per sweep); ``None`` for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).name
 
 
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("hugnc.run_id"):
-        OmegaConf.register_new_resolver("hugnc.run_id", run_id)
+    for name, resolver in (("hugnc.run_stamp", run_stamp), ("hugnc.sweep_name", sweep_name)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 register_resolvers()

@@ -52,12 +52,14 @@ def wandb_logger(
             f"logger.wandb.mode must be online, offline, disabled or null (auto), got {mode!r}"
         )
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    # W&B rejects tags longer than 64 characters (long overrides such as lists).
+    tags = [str(tag)[:64] for tag in tags]
     return WandbLogger(
         project=project,
         save_dir=save_dir,
         name=name,
         group=group,
-        tags=list(tags),
+        tags=tags,
         mode=mode,
         **kwargs,
     )

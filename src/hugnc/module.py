@@ -11,6 +11,7 @@ from lightning import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from hugnc.distributed import gather_batch
 from hugnc.losses import HUGLoss
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -68,6 +69,10 @@ class HUGClassifier(LightningModule):
 
     def _loss_terms(self, features: Tensor, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
         if self.uses_hug:
+            if self.training:
+                # The intra term is class-balanced over the batch, so it is not an average of
+                # per-rank losses: under DDP it is computed on the global batch (exact gradients).
+                features, targets = gather_batch(features), gather_batch(targets)
             out = self.criterion(features, self.head.classifier, targets)
             return {"loss": out.loss, "loss_intra": out.intra, "loss_inter": out.inter}
         return {"loss": self.criterion(logits, targets)}
@@ -89,7 +94,12 @@ class HUGClassifier(LightningModule):
                 batch_size=len(targets),
             )
         # Features go to callbacks (geometry plots, metrics) through the step outputs.
-        return {"loss": terms["loss"], "features": features.detach(), "targets": targets}
+        return {
+            "loss": terms["loss"],
+            "loss_terms": {name: value.detach() for name, value in terms.items()},
+            "features": features.detach(),
+            "targets": targets,
+        }
 
     def on_train_epoch_start(self) -> None:
         # Logged here rather than by LearningRateMonitor, which refuses to run without a logger.

@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from lightning import Callback, LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from hugnc.loggers import finish_loggers
@@ -46,36 +47,46 @@ def build_module(cfg: DictConfig, input_shape: tuple[int, int, int]) -> HUGClass
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, then test on the best checkpoint (or the last weights); return the final metrics.
 
-    Metrics are also written to ``<output_dir>/metrics.json``.
+    ``<output_dir>/metrics.json`` gets the metrics and ``"status": "completed"``, or
+    ``"status": "failed"`` and the error if anything raised (sweep reports list failed jobs).
     """
-    seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision(cfg.matmul_precision)
     output_dir = Path(cfg.paths.output_dir)
-    datamodule: LightningDataModule = instantiate(cfg.data)
-    module = build_module(cfg, datamodule.input_shape)
-    callbacks: list[Callback] = _instantiate_all(cfg.get("callbacks"))
-    loggers: list[Logger] = _instantiate_all(cfg.get("logger"))
-    trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-
-    failed = True
+    loggers: list[Logger] = []
     try:
+        seed_everything(cfg.seed, workers=True)
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
+        datamodule: LightningDataModule = instantiate(cfg.data)
+        module = build_module(cfg, datamodule.input_shape)
+        callbacks: list[Callback] = _instantiate_all(cfg.get("callbacks"))
+        loggers = _instantiate_all(cfg.get("logger"))
+        trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.test:
             # fast_dev_run keeps no checkpoint, so "best" only when a checkpoint exists.
-            best = (
-                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            )
+            checkpoint = trainer.checkpoint_callback
+            best = checkpoint.best_model_path if checkpoint else ""
             trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
-        metrics = fit_metrics | {k: float(v) for k, v in trainer.callback_metrics.items()}
-        failed = False
-    finally:
-        for line in finish_loggers(loggers, failed):
-            log.info(line)
-            print(line)
-    if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+            metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+    except BaseException as error:
+        _write_status(output_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        _finish(loggers, failed=True)
+        raise
+    _finish(loggers, failed=False)
+    _write_status(output_dir, {"status": "completed", **metrics})
     return metrics
+
+
+def _finish(loggers: list[Logger], failed: bool) -> None:
+    for line in finish_loggers(loggers, failed):
+        log.info(line)
+        print(line)
+
+
+@rank_zero_only
+def _write_status(output_dir: Path, content: dict) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(content, indent=2, sort_keys=True))

@@ -36,12 +36,22 @@ def test_gunzips_debian_files_into_torchvision_layout(tmp_path: Path) -> None:
     assert raw == tmp_path / "data" / "FashionMNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(RAW_FILES)
 
-    datamodule = FashionMNISTDataModule(str(tmp_path / "data"), debian_dir=str(debian), val_size=10, batch_size=8)
+    datamodule = FashionMNISTDataModule(
+        str(tmp_path / "data"), debian_dir=str(debian), val_size=10, batch_size=8
+    )
     datamodule.prepare_data()
     datamodule.setup()
-    assert (len(datamodule.train_set), len(datamodule.val_set), len(datamodule.test_set)) == (30, 10, 20)
+    assert (len(datamodule.train_set), len(datamodule.val_set), len(datamodule.test_set)) == (
+        30,
+        10,
+        20,
+    )
     images, labels = next(iter(datamodule.train_dataloader()))
-    assert images.shape == (8, 1, 28, 28) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert (
+        images.shape == (8, 1, 28, 28)
+        and images.dtype == torch.float32
+        and labels.dtype == torch.int64
+    )
 
 
 def test_existing_raw_files_are_kept(tmp_path: Path) -> None:
@@ -63,7 +73,9 @@ def test_missing_everywhere_is_one_clear_error(tmp_path: Path) -> None:
     assert "apt-get install dataset-fashion-mnist" in message and "internet" in message
 
 
-def test_failed_download_is_reported_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_download_is_reported_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = []
 
     def offline_download(*args, **kwargs):
@@ -72,7 +84,9 @@ def test_failed_download_is_reported_not_retried(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr("hugnc.data.fashion_mnist.datasets.FashionMNIST", offline_download)
     start = time.monotonic()
-    with pytest.raises(DatasetUnavailableError, match="download failed: OSError: Network is unreachable"):
+    with pytest.raises(
+        DatasetUnavailableError, match="download failed: OSError: Network is unreachable"
+    ):
         ensure_fashion_mnist(tmp_path / "data", tmp_path / "nowhere", download=True)
     assert len(calls) == 1 and time.monotonic() - start < 5
 
@@ -80,14 +94,16 @@ def test_failed_download_is_reported_not_retried(tmp_path: Path, monkeypatch: py
 @pytest.mark.real_data
 def test_real_split_is_seeded_disjoint_and_complete(fashion_mnist_dir: Path) -> None:
     def split(seed: int) -> FashionMNISTDataModule:
-        datamodule = FashionMNISTDataModule(str(fashion_mnist_dir), val_size=5000, seed=seed, download=False)
+        datamodule = FashionMNISTDataModule(
+            str(fashion_mnist_dir), val_size=5000, seed=seed, download=False
+        )
         datamodule.setup()
         return datamodule
 
     first, again, other = split(0), split(0), split(1)
-    assert first.train_set.indices == again.train_set.indices
-    assert first.train_set.indices != other.train_set.indices
-    train, val = set(first.train_set.indices), set(first.val_set.indices)
+    assert torch.equal(first.train_set.indices, again.train_set.indices)
+    assert not torch.equal(first.train_set.indices, other.train_set.indices)
+    train, val = set(first.train_set.indices.tolist()), set(first.val_set.indices.tolist())
     assert len(train) == 55000 and len(val) == 5000 and not train & val
     assert len(first.test_set) == 10000
     images = torch.stack([first.val_set[i][0] for i in range(2000)])

@@ -1,5 +1,28 @@
-"""Lightning callbacks: geometry pictures (and, later, NC/GNC metrics and robustness)."""
+"""Lightning callbacks: NC/GNC metrics with geometry pictures (and, later, robustness)."""
 
-from hugnc.callbacks.feature_geometry import FeatureGeometryPlot
+from hugnc.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+from hugnc.callbacks.neural_collapse import (
+    GeometryResult,
+    NeuralCollapseMonitor,
+    NotEnoughClassesError,
+    compute_class_means,
+    log_keys,
+    measure_geometry,
+    save_curves,
+    save_figures,
+    split_loader,
+)
 
-__all__ = ["FeatureGeometryPlot"]
+__all__ = [
+    "FiniteLossGuard",
+    "GeometryResult",
+    "NeuralCollapseMonitor",
+    "NonFiniteLossError",
+    "NotEnoughClassesError",
+    "compute_class_means",
+    "log_keys",
+    "measure_geometry",
+    "save_curves",
+    "save_figures",
+    "split_loader",
+]

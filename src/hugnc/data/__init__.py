@@ -1,9 +1,30 @@
 """LightningDataModules; no knowledge of models or losses."""
 
-from hugnc.data.fashion_mnist import (
-    DatasetUnavailableError,
-    FashionMNISTDataModule,
-    ensure_fashion_mnist,
-)
+from hugnc.data.base import DatasetUnavailableError, ImageDataModule, select_classes
+from hugnc.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from hugnc.data.continual import DATAMODULES, ContinualDataModule, split_classes
+from hugnc.data.fashion_mnist import FashionMNISTDataModule, ensure_fashion_mnist
+from hugnc.data.imagenet import ImageNetDataModule
+from hugnc.data.in_memory import InMemoryImageDataModule, TensorImageDataset
+from hugnc.data.long_tail import long_tail_counts, sample_per_class
+from hugnc.data.mnist import MNIST5kDataModule, MNISTDataModule
 
-__all__ = ["DatasetUnavailableError", "FashionMNISTDataModule", "ensure_fashion_mnist"]
+__all__ = [
+    "DATAMODULES",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "ContinualDataModule",
+    "DatasetUnavailableError",
+    "FashionMNISTDataModule",
+    "ImageDataModule",
+    "ImageNetDataModule",
+    "InMemoryImageDataModule",
+    "MNIST5kDataModule",
+    "MNISTDataModule",
+    "TensorImageDataset",
+    "ensure_fashion_mnist",
+    "long_tail_counts",
+    "sample_per_class",
+    "select_classes",
+    "split_classes",
+]

@@ -1,0 +1,279 @@
+"""The shared LightningDataModule: validation split, long-tail subsampling, class subsets, loaders.
+
+Every dataset of hugnc is an :class:`ImageDataModule` subclass that only says how to read its files
+(:meth:`ImageDataModule._load`) and how to obtain them (:meth:`ImageDataModule.prepare_data`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from lightning import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from hugnc.data.long_tail import long_tail_counts, sample_per_class
+
+#: Seconds a download may wait on a silent network before it gives up (no hanging retries).
+DOWNLOAD_TIMEOUT = 20.0
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A dataset's files are missing and could not be obtained; the message says how to get them."""
+
+
+@contextmanager
+def network_timeout(seconds: float = DOWNLOAD_TIMEOUT) -> Iterator[None]:
+    """Bound every socket operation (torchvision's downloads set no timeout of their own)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def try_download(download: Callable[[], object] | None) -> str:
+    """Run ``download`` with a network timeout; return ``""`` or why it did not work."""
+    if download is None:
+        return "download disabled (download=false)"
+    try:
+        with network_timeout():
+            download()
+    except Exception as error:  # torchvision raises various network errors
+        return f"download failed: {type(error).__name__}: {error}"
+    return ""
+
+
+def dataset_targets(dataset: Dataset) -> Tensor:
+    """The integer labels of ``dataset`` (its ``targets`` attribute) as an int64 tensor."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise TypeError(f"{type(dataset).__name__} has no `targets`: cannot split it by class")
+    return torch.as_tensor(targets, dtype=torch.long)
+
+
+class TargetSubset(Subset):
+    """A :class:`~torch.utils.data.Subset` that keeps ``targets`` (so it can be split again)."""
+
+    def __init__(self, dataset: Dataset, indices: Tensor) -> None:
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        super().__init__(dataset, indices.tolist())
+        self.targets = dataset_targets(dataset)[indices]
+
+    def subset(self, positions: Tensor) -> TargetSubset:
+        return TargetSubset(self.dataset, torch.as_tensor(self.indices)[positions])
+
+
+def subset(dataset: Dataset, positions: Tensor) -> Dataset:
+    """The samples of ``dataset`` at ``positions``, in that order, keeping ``targets``."""
+    if hasattr(dataset, "subset"):
+        return dataset.subset(torch.as_tensor(positions, dtype=torch.long))
+    return TargetSubset(dataset, positions)
+
+
+def select_classes(dataset: Dataset, classes: Sequence[int]) -> Dataset:
+    """The samples of ``dataset`` whose label is in ``classes`` (original labels kept)."""
+    keep = torch.isin(dataset_targets(dataset), torch.as_tensor(list(classes), dtype=torch.long))
+    return subset(dataset, keep.nonzero().flatten())
+
+
+class ImageDataModule(LightningDataModule):
+    """Shared behaviour of every hugnc datamodule.
+
+    Subclasses define ``input_shape`` and ``_load()``; ``num_classes``, ``classes``,
+    ``per_device_batch_size``, the seeded validation split, the long-tailed subsampling, the
+    per-class counts and the loaders live here.
+
+    Args:
+        data_dir: root of the dataset files.
+        num_classes: K; checked against the dataset.
+        batch_size: training batch size (global: divided by the world size under DDP).
+        eval_batch_size: validation/test batch size (defaults to ``batch_size``).
+        val_size: images held out of the training set for validation (seeded); 0 validates on the
+            test set (the protocol of the HUG and LDAM papers).
+        seed: seeds every random choice of the data: validation split, long-tail subset, class
+            order of continual splits (independent of the training seed).
+        augment: the dataset's training augmentation.
+        train_subset: use only the first N training images after the split (tests, quick checks).
+        imb_type, imb_factor: long-tailed training set (``exp`` or ``step``, 1 / imbalance ratio);
+            ``imb_factor=None`` keeps the dataset as it is. See :func:`long_tail_counts`; ``n_max``
+            is the smallest class of the training part (after the validation split).
+        num_workers, pin_memory, persistent_workers: DataLoader settings.
+    """
+
+    #: Name in messages.
+    dataset_name: str = "dataset"
+    #: K when the dataset fixes it (checked against ``num_classes``); ``None`` when configurable.
+    fixed_num_classes: int | None = None
+    #: Class names before the files are read (replaced by the dataset's own names in setup).
+    default_classes: Sequence[str] = ()
+
+    def __init__(
+        self,
+        data_dir: str,
+        num_classes: int,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        val_size: int = 0,
+        seed: int = 0,
+        augment: bool = False,
+        train_subset: int | None = None,
+        imb_type: str = "exp",
+        imb_factor: float | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(
+                f"need batch_size >= 1 and eval_batch_size >= 1 or null, "
+                f"got {batch_size}, {eval_batch_size}"
+            )
+        if val_size < 0 or (train_subset is not None and train_subset < 1):
+            raise ValueError(
+                f"need val_size >= 0 and train_subset >= 1 or null, got {val_size}, {train_subset}"
+            )
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if self.fixed_num_classes is not None and num_classes != self.fixed_num_classes:
+            raise ValueError(
+                f"{self.dataset_name} has {self.fixed_num_classes} classes, "
+                f"data.num_classes={num_classes}"
+            )
+        if imb_factor is not None:
+            long_tail_counts(1, 2, imb_type, imb_factor)  # validates imb_type and imb_factor
+        self.data_dir = data_dir
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_size = val_size
+        self.seed = seed
+        self.augment = augment
+        self.train_subset = train_subset
+        self.imb_type = imb_type
+        self.imb_factor = imb_factor
+        self.loader_options: dict[str, Any] = {
+            "num_workers": num_workers,
+            "pin_memory": pin_memory,
+            "persistent_workers": persistent_workers and num_workers > 0,
+        }
+        self.classes: list[str] = list(self.default_classes) or [str(i) for i in range(num_classes)]
+        self.class_counts: list[int] | None = None
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        raise NotImplementedError
+
+    def _load(self) -> tuple[Dataset, Dataset, Dataset, list[str] | None]:
+        """Read the files: (train with training transform, the same images with the evaluation
+        transform, test, class names or ``None``). Both train datasets have ``targets``."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.test_set is not None:
+            return
+        train_full, eval_full, test_set, classes = self._load()
+        targets = dataset_targets(train_full)
+        self._check_labels(targets, "training")
+        self._check_labels(dataset_targets(test_set), "test")
+        if classes is not None:
+            self.classes = list(classes)
+        if self.val_size >= len(targets):
+            raise ValueError(
+                f"data.val_size={self.val_size} leaves no training images ({len(targets)} in all)"
+            )
+        generator = torch.Generator().manual_seed(self.seed)
+        # The split of random_split(range(n), [n - val_size, val_size], generator).
+        perm = torch.randperm(len(targets), generator=generator)
+        train_idx, val_idx = perm[: len(perm) - self.val_size], perm[len(perm) - self.val_size :]
+        if self.imb_factor is not None:
+            available = torch.bincount(targets[train_idx], minlength=self.num_classes)
+            n_max = int(available.min())
+            counts = long_tail_counts(n_max, self.num_classes, self.imb_type, self.imb_factor)
+            if min(counts) < 1:
+                raise ValueError(
+                    f"imb_factor={self.imb_factor} with {n_max} images in the smallest class "
+                    f"leaves classes without training images: counts {counts}"
+                )
+            train_idx = train_idx[sample_per_class(targets[train_idx], counts, generator)]
+        train_idx = train_idx[: self.train_subset]
+        self.train_set = subset(train_full, train_idx)
+        self.val_set = subset(eval_full, val_idx) if self.val_size > 0 else test_set
+        self.test_set = test_set
+        self.class_counts = torch.bincount(targets[train_idx], minlength=self.num_classes).tolist()
+        self._log_class_counts()
+
+    def _check_labels(self, targets: Tensor, split: str) -> None:
+        if len(targets) == 0:
+            raise ValueError(f"the {split} set in {self.data_dir} is empty")
+        if int(targets.min()) < 0 or int(targets.max()) >= self.num_classes:
+            raise ValueError(
+                f"{split} labels span {int(targets.min())}..{int(targets.max())}, "
+                f"but data.num_classes={self.num_classes}"
+            )
+
+    def _log_class_counts(self) -> None:
+        """Per-class training counts to the console and as a hyperparameter of every logger."""
+        rank_zero_info(f"{type(self).__name__}: training images per class {self.class_counts}")
+        if self.trainer is not None:
+            for logger in self.trainer.loggers:
+                logger.log_hyperparams({"data/class_counts": self.class_counts})
+
+    @property
+    def per_device_batch_size(self) -> int:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world_size:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} is not divisible by the world size {world_size}"
+            )
+        return self.batch_size // world_size
+
+    def loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        """A DataLoader with this datamodule's settings (shuffled at the per-device batch size for
+        training). A dataset may batch itself (``__getitems__``) and provide ``collate_fn``.
+
+        Training always uses a DistributedSampler (one replica without DDP), seeded with the run's
+        seed and reshuffled per epoch from ``seed + epoch``: rank r reads every world_size-th index
+        of one global permutation, so the union of the ranks' batches at a step is exactly the
+        single-process batch (DDP == one process), and a run resumed from a checkpoint sees the
+        same order as an uninterrupted one.
+        """
+        sampler = None
+        if train:
+            trainer = self.trainer
+            sampler = DistributedSampler(
+                dataset,
+                num_replicas=trainer.world_size if trainer is not None else 1,
+                rank=trainer.global_rank if trainer is not None else 0,
+                shuffle=True,
+                seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.per_device_batch_size if train else self.eval_batch_size,
+            sampler=sampler,
+            drop_last=False,
+            collate_fn=getattr(dataset, "collate_fn", None),
+            **self.loader_options,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.test_set, train=False)

@@ -1,0 +1,1 @@
+"""Console scripts and their library functions (with train.py, the only code that knows Hydra)."""

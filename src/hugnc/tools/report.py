@@ -1,0 +1,238 @@
+"""``hugnc-report SWEEP_DIR``: one table and heatmap from the jobs of a sweep.
+
+Reads a local Hydra multirun directory (every job directory with ``.hydra/overrides.yaml``; its
+``metrics.json`` holds ``status`` and the final metrics, written by :func:`hugnc.train.train`) or,
+with ``--wandb ENTITY/PROJECT --group G``, the runs of a W&B group through the W&B API (online).
+Writes ``report.csv`` and ``report.md`` and, per metric, a heatmap over two swept keys (default
+``loss.alpha`` x ``loss.beta``, cells averaged over the other keys such as seeds; failed cells
+marked). Jobs that failed appear as failed, not missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+from omegaconf import OmegaConf
+
+from hugnc.plots import sweep_heatmap_figure
+
+DEFAULT_METRICS = ("test/acc", "val/acc")
+
+
+@dataclass
+class JobResult:
+    """One job of a sweep: its swept values, status and final metrics."""
+
+    name: str
+    params: dict[str, str]
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+def _parse_override(override: str) -> tuple[str, str] | None:
+    key, sep, value = override.lstrip("+~").partition("=")
+    return (key, value) if sep else None
+
+
+def collect_local(sweep_dir: str | Path) -> list[JobResult]:
+    """The jobs of a local multirun directory, in job-number order.
+
+    Raises:
+        FileNotFoundError: ``sweep_dir`` has no job directories.
+    """
+    sweep_dir = Path(sweep_dir)
+    job_dirs = sorted(
+        (p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")),
+        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
+    )
+    if not job_dirs:
+        raise FileNotFoundError(
+            f"no sweep jobs in {sweep_dir}: expected job directories <n>/.hydra/overrides.yaml, as "
+            "written by `python -m hugnc -m ...` under logs/<task_name>/multiruns/<time>_<id>/"
+        )
+    jobs = []
+    for job_dir in job_dirs:
+        overrides = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))
+        params = dict(filter(None, (_parse_override(str(o)) for o in overrides)))
+        metrics_file = job_dir / "metrics.json"
+        if not metrics_file.is_file():
+            jobs.append(
+                JobResult(job_dir.name, params, "failed", error="no metrics.json (killed?)")
+            )
+            continue
+        content = json.loads(metrics_file.read_text())
+        status = str(content.pop("status", "completed"))
+        error = str(content.pop("error", ""))
+        metrics = {k: float(v) for k, v in content.items() if isinstance(v, int | float)}
+        jobs.append(JobResult(job_dir.name, params, status, metrics, error))
+    return jobs
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def collect_wandb(path: str, group: str, api: Any = None) -> list[JobResult]:
+    """The runs of W&B group ``group`` in ``ENTITY/PROJECT`` (needs network and an API key).
+
+    Swept keys are taken from each run's tags (the job's overrides, as hugnc logs them).
+    """
+    if api is None:
+        import wandb
+
+        try:
+            api = wandb.Api(timeout=20)
+        except Exception as error:  # no key, no network
+            raise RuntimeError(f"W&B API unavailable ({error}); use a local sweep dir") from error
+    jobs = []
+    for run in api.runs(path, filters={"group": group}):
+        params = dict(filter(None, (_parse_override(tag) for tag in run.tags)))
+        config = _flatten(dict(run.config))
+        params = {key: config.get(key, value) for key, value in params.items()}
+        state = {"finished": "completed", "running": "running"}.get(run.state, "failed")
+        summary = {k: float(v) for k, v in dict(run.summary).items() if isinstance(v, int | float)}
+        jobs.append(JobResult(run.name, params, state, summary))
+    if not jobs:
+        raise FileNotFoundError(f"no W&B runs in {path} with group {group!r}")
+    return jobs
+
+
+def swept_keys(jobs: Sequence[JobResult]) -> list[str]:
+    """Override keys whose value differs between jobs (in first-seen order)."""
+    keys: dict[str, set[str]] = {}
+    for job in jobs:
+        for key, value in job.params.items():
+            keys.setdefault(key, set()).add(value)
+    return [key for key, values in keys.items() if len(values) > 1]
+
+
+def write_tables(jobs: Sequence[JobResult], metrics: Sequence[str], out_dir: Path) -> list[Path]:
+    keys = swept_keys(jobs)
+    header = ["job", "status", *keys, *metrics, "error"]
+    rows = [
+        [
+            job.name,
+            job.status,
+            *(job.params.get(k, "") for k in keys),
+            *(_fmt(job.metrics.get(m)) for m in metrics),
+            job.error,
+        ]
+        for job in jobs
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out_dir / "report.csv", out_dir / "report.md"
+    with csv_path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([header, *rows])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+    md_path.write_text("\n".join(lines) + "\n")
+    return [csv_path, md_path]
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def heatmap_grid(
+    jobs: Sequence[JobResult], metric: str, x_key: str, y_key: str
+) -> tuple[list[str], list[str], list[list[float]], list[list[int]]]:
+    """Mean of ``metric`` per (y, x) cell over completed jobs, and the failed-job count per cell."""
+    x_values = sorted({j.params[x_key] for j in jobs if x_key in j.params}, key=_numeric)
+    y_values = sorted({j.params[y_key] for j in jobs if y_key in j.params}, key=_numeric)
+    sums = [[0.0] * len(x_values) for _ in y_values]
+    counts = [[0] * len(x_values) for _ in y_values]
+    failed = [[0] * len(x_values) for _ in y_values]
+    for job in jobs:
+        if x_key not in job.params or y_key not in job.params:
+            continue
+        row, col = y_values.index(job.params[y_key]), x_values.index(job.params[x_key])
+        if job.status != "completed" or metric not in job.metrics:
+            failed[row][col] += 1
+        else:
+            sums[row][col] += job.metrics[metric]
+            counts[row][col] += 1
+    means = [
+        [
+            total / count if count else math.nan
+            for total, count in zip(row_sums, row_counts, strict=True)
+        ]
+        for row_sums, row_counts in zip(sums, counts, strict=True)
+    ]
+    return x_values, y_values, means, failed
+
+
+def _numeric(value: str) -> tuple[int, float | str]:
+    try:
+        return (0, float(value))
+    except ValueError:
+        return (1, value)
+
+
+def write_heatmaps(
+    jobs: Sequence[JobResult], metrics: Sequence[str], x_key: str, y_key: str, out_dir: Path
+) -> list[Path]:
+    paths = []
+    for metric in metrics:
+        x_values, y_values, means, failed = heatmap_grid(jobs, metric, x_key, y_key)
+        figure = sweep_heatmap_figure(means, failed, x_values, y_values, x_key, y_key, metric)
+        path = out_dir / f"heatmap_{metric.replace('/', '_')}.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hugnc-report", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "sweep_dir", nargs="?", help="a multirun directory (logs/.../multiruns/...)"
+    )
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead")
+    parser.add_argument("--group", help="the W&B group (the sweep directory's name)")
+    parser.add_argument("--metric", action="append", help=f"metric(s) (default {DEFAULT_METRICS})")
+    parser.add_argument("--x", default="loss.alpha", help="heatmap columns (default loss.alpha)")
+    parser.add_argument("--y", default="loss.beta", help="heatmap rows (default loss.beta)")
+    parser.add_argument("--out", help="output directory (default: the sweep dir, or ./report)")
+    args = parser.parse_args(argv)
+    if bool(args.wandb) == bool(args.sweep_dir) or bool(args.wandb) != bool(args.group):
+        parser.error("give either SWEEP_DIR or both --wandb ENTITY/PROJECT and --group G")
+    try:
+        if args.wandb:
+            jobs = collect_wandb(args.wandb, args.group)
+        else:
+            jobs = collect_local(args.sweep_dir)
+    except (FileNotFoundError, RuntimeError) as error:
+        print(f"hugnc-report: {error}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out or args.sweep_dir or "report")
+    metrics = args.metric or [m for m in DEFAULT_METRICS if any(m in j.metrics for j in jobs)]
+    written = write_tables(jobs, metrics, out_dir)
+    keys = swept_keys(jobs)
+    if args.x in keys and args.y in keys:
+        written += write_heatmaps(jobs, metrics, args.x, args.y, out_dir)
+    else:
+        print(f"no heatmap: {args.x} and {args.y} are not both swept (swept: {keys})")
+    print((out_dir / "report.md").read_text())
+    failed = sum(job.status != "completed" for job in jobs)
+    print(f"{len(jobs)} jobs, {failed} failed; wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""`hugnc-geometry RUN_DIR` and the run-loading library behind it, on a real tiny run."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hugnc.tools.geometry import gnc_prediction, main
+from hugnc.tools.runs import load_run_config
+
+pytestmark = pytest.mark.real_data
+
+
+@pytest.mark.slow
+def test_console_script_recomputes_the_runs_numbers(tiny_run_dir: Path, tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "hugnc-geometry"
+    out = tmp_path / "geometry"
+    result = subprocess.run(
+        [str(script), str(tiny_run_dir), "--checkpoint", "last", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["samples"] == {"train": 2048, "test": 2048}
+    # Same subset, same weights, same code path as the training callback at that epoch.
+    epoch = torch.load(Path(saved["checkpoint"]), map_location="cpu", weights_only=False)["epoch"]
+    history = json.loads((tiny_run_dir / "nc_history.json").read_text())
+    measured = history[epoch]
+    assert saved["train"].keys() == measured.keys() - {"epoch"}
+    for name, value in saved["train"].items():
+        assert value == pytest.approx(measured[name], rel=1e-9, abs=1e-12), name
+    assert math.isfinite(saved["test"]["nc4"]) and saved["test"]["nc4"] != saved["train"]["nc4"]
+    for name in (
+        "feature_geometry_train.png",
+        "class_cosines_train.png",
+        "feature_geometry_test.png",
+        "class_cosines_test.png",
+        "nc_curves.png",
+    ):
+        assert (out / name).stat().st_size > 10_000, name
+    assert "nc1_trace_ratio" in result.stdout and "regular 10-gon" in result.stdout
+
+
+def test_not_a_run_dir_is_one_clear_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "is not a hugnc run directory: no .hydra/config.yaml" in capsys.readouterr().err
+
+
+def test_run_without_checkpoint_says_so(tiny_run_dir: Path, tmp_path: Path, capsys) -> None:
+    shutil.copytree(tiny_run_dir / ".hydra", tmp_path / ".hydra")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "no checkpoint in" in capsys.readouterr().err
+
+
+def test_moved_run_dir_resolves_to_its_new_place(tiny_run_dir: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_run_dir / ".hydra", moved / ".hydra")
+    cfg = load_run_config(moved)
+    assert cfg.paths.output_dir == str(moved.resolve())
+    assert cfg.callbacks.neural_collapse.output_dir == str(moved.resolve())
+    assert cfg.callbacks.neural_collapse.max_batches == 2
+    assert load_run_config(moved, data_dir="/elsewhere").data.data_dir == "/elsewhere"
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "dim", "expected"),
+    [(10, 2, "regular 10-gon"), (10, 2, "36.0 degrees"), (4, 3, "-0.3333"), (10, 3, "Tammes")],
+)
+def test_gnc_prediction_names_the_optimum(num_classes: int, dim: int, expected: str) -> None:
+    assert expected in gnc_prediction(num_classes, dim)

@@ -1,0 +1,96 @@
+"""SLURM through hydra-submitit-launcher: the sbatch script we would submit, and a local sweep."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import submitit
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from omegaconf import OmegaConf
+
+from hugnc.config import config_dir
+
+
+def _launcher_params(*overrides: str) -> dict:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    launcher.pop("_target_")
+    # The interpolations point at the job config; resolve them against it as Hydra does.
+    for key, value in launcher.items():
+        if isinstance(value, str) and value.startswith("${trainer."):
+            launcher[key] = OmegaConf.select(cfg, value[2:-1])
+    return launcher
+
+
+def test_slurm_launcher_asks_one_task_per_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No cluster here: submitit only checks that an `srun` exists before rendering the script.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    params = _launcher_params(
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "trainer=ddp",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+    )
+    assert (params["gpus_per_node"], params["tasks_per_node"], params["nodes"]) == (4, 4, 2)
+    # Build the executor exactly like the launcher does and render its sbatch script.
+    executor = submitit.AutoExecutor(
+        folder=tmp_path, cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout")
+    )
+    params.pop("submitit_folder")
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    script = executor._executor._make_submission_file_text("python -m hugnc", "uid")
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --nodes=2",
+        "#SBATCH --time=1440",
+        "#SBATCH --mem=64GB",
+    ):
+        assert line in script
+
+
+@pytest.mark.slow
+def test_sweep_through_submitit_local_executor(tmp_path: Path, fashion_mnist_dir: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hugnc",
+            "-m",
+            "hydra/launcher=local",
+            "trainer=debug",
+            "loss=ce,mhs_hug",
+            "data.batch_size=8",
+            "logger=csv",
+            "~callbacks.progress_bar",
+            "~callbacks.neural_collapse",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | {"HUGNC_DATA_DIR": str(fashion_mnist_dir)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    for job in ("0", "1"):
+        assert '"status": "completed"' in (sweep / job / "metrics.json").read_text()
+    assert list((sweep / ".submitit").iterdir())  # submitit ran the jobs in their own processes

@@ -1,0 +1,137 @@
+"""Resume after a kill: `python -m hugnc resume=RUN_DIR` continues the same run exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hugnc.resume import ResumeError, resume_arguments, rewrite_argv
+
+COMMON = [
+    "loss=mhe_hug",
+    "loss.beta=1.0",
+    "trainer=cpu",
+    "trainer.max_epochs=3",
+    "data.train_subset=4096",
+    "data.batch_size=128",
+    "model.widths=[8,16,16]",
+    "model.kernel_size=3",
+    "+trainer.limit_val_batches=2",
+    "test=false",
+    "trainer.deterministic=true",
+    "~callbacks.progress_bar",
+    "~callbacks.neural_collapse",
+    "scheduler=onecycle",
+]
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )["state_dict"]
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_killed_run_resumes_to_the_uninterrupted_result(
+    tmp_path: Path, fashion_mnist_dir: Path
+) -> None:
+    env = os.environ | {"HUGNC_DATA_DIR": str(fashion_mnist_dir), "WANDB_MODE": "offline"}
+    reference = tmp_path / "reference"
+    subprocess.run(
+        [sys.executable, "-m", "hugnc", *COMMON, f"hydra.run.dir={reference}"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+
+    killed = tmp_path / "killed"
+    # Its own session, so that the kill takes the whole job (W&B's service process too), as a
+    # scheduler's kill does.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hugnc", *COMMON, f"hydra.run.dir={killed}"],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "last.ckpt").is_file():  # epoch 1 finished
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            "run ended before epoch 1's checkpoint"
+        )
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
+    epoch_at_kill = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+    assert epoch_at_kill < 2
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "hugnc", f"resume={killed}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"run directory: {killed}" in resumed.stdout
+    assert '"status": "completed"' in (killed / "metrics.json").read_text()
+    final, expected = _weights(killed), _weights(reference)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    run_ids = {p.name.rsplit("-", 1)[1] for p in (killed / "wandb").glob("offline-run-*")}
+    assert len(run_ids) == 1  # the same W&B run continued
+
+
+def test_resume_arguments_replay_the_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "- loss=mgd_hug\n- trainer.max_epochs=3\n- ckpt_path=old\n"
+    )
+    (run_dir / ".hydra" / "config.yaml").write_text("logger:\n  wandb:\n    project: hugnc\n")
+    (run_dir / "wandb" / "offline-run-20260101_000000-abc123").mkdir(parents=True)
+    arguments = resume_arguments(run_dir, ["trainer.max_epochs=5"])
+    assert arguments == [
+        "loss=mgd_hug",
+        "trainer.max_epochs=5",
+        f"hydra.run.dir={run_dir}",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        "+logger.wandb.id=abc123",
+        "+logger.wandb.resume=allow",
+    ]
+    assert rewrite_argv(["loss=ce"]) == ["loss=ce"]
+
+
+def test_resume_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ResumeError, match="not a hugnc run directory"):
+        resume_arguments(tmp_path)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("[]\n")
+    with pytest.raises(ResumeError, match=r"no checkpoints/last\.ckpt"):
+        resume_arguments(tmp_path)
+    with pytest.raises(ResumeError, match="no --multirun"):
+        rewrite_argv(["-m", f"resume={tmp_path}"])
+    result = subprocess.run(
+        [sys.executable, "-m", "hugnc", f"resume={tmp_path / 'nope'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0 and "not a hugnc run directory" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "logs").exists()
