@@ -25,8 +25,12 @@ def _key(override: str) -> str:
 
 
 def wandb_run_id(run_dir: Path) -> str | None:
-    """The id of the run's W&B run (``wandb/<offline-run|run>-<time>-<id>``), if it has one."""
-    runs = sorted((run_dir / "wandb").glob("*run-*-*"))
+    """The id of the run's online W&B run (``wandb/run-<time>-<id>``), if it has one.
+
+    Offline runs are not continued under their id (W&B refuses an id whose offline run exists
+    locally); the resumed part becomes a second offline run in the same directory.
+    """
+    runs = sorted((run_dir / "wandb").glob("run-*-*"))
     return runs[-1].name.rsplit("-", 1)[1] if runs else None
 
 
