@@ -18,6 +18,27 @@ def _class_colours(num_classes: int) -> np.ndarray:
     return plt.get_cmap("tab10" if num_classes <= 10 else "tab20")(np.arange(num_classes) % 20)
 
 
+def _unit_inputs(
+    kind: str,
+    dim: int,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    classifier: torch.Tensor,
+    class_names: Sequence[str] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """Normalized features, labels, unit classifier rows, class names and colours for a picture."""
+    if features.shape[1] != dim or classifier.shape[1] != dim:
+        raise ValueError(
+            f"{kind} plot needs {dim}-D features and classifier, got "
+            f"{tuple(features.shape)}, {tuple(classifier.shape)}"
+        )
+    unit = torch.nn.functional.normalize(features.float(), dim=1).cpu().numpy()
+    directions = torch.nn.functional.normalize(classifier.detach().float(), dim=1).cpu().numpy()
+    num_classes = directions.shape[0]
+    names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+    return unit, targets.cpu().numpy(), directions, names, _class_colours(num_classes)
+
+
 def circle_features_figure(
     features: torch.Tensor,
     targets: torch.Tensor,
@@ -33,22 +54,14 @@ def circle_features_figure(
         classifier: ``[K, 2]`` proxies or linear-head rows, unit arrows in their class colour.
         class_names: legend labels (default: class indices).
     """
-    if features.shape[1] != 2 or classifier.shape[1] != 2:
-        raise ValueError(
-            "circle plot needs 2-D features and classifier, got "
-            f"{tuple(features.shape)}, {tuple(classifier.shape)}"
-        )
-    unit = torch.nn.functional.normalize(features.float(), dim=1).cpu().numpy()
-    directions = torch.nn.functional.normalize(classifier.detach().float(), dim=1).cpu().numpy()
-    labels = targets.cpu().numpy()
-    num_classes = directions.shape[0]
-    names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
-    colours = _class_colours(num_classes)
+    unit, labels, directions, names, colours = _unit_inputs(
+        "circle", 2, features, targets, classifier, class_names
+    )
     radius = 1.0 + np.random.default_rng(0).uniform(-0.04, 0.04, size=len(unit))
 
     fig, ax = plt.subplots(figsize=(6.5, 6.5))
     ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="0.7", lw=1))
-    for label in range(num_classes):
+    for label in range(len(directions)):
         members = labels == label
         ax.scatter(
             unit[members, 0] * radius[members],
@@ -91,23 +104,15 @@ def sphere_features_figure(
         classifier: ``[K, 3]`` proxies or linear-head rows, drawn as unit rays in class colours.
         class_names: legend labels (default: class indices).
     """
-    if features.shape[1] != 3 or classifier.shape[1] != 3:
-        raise ValueError(
-            "sphere plot needs 3-D features and classifier, got "
-            f"{tuple(features.shape)}, {tuple(classifier.shape)}"
-        )
-    unit = torch.nn.functional.normalize(features.float(), dim=1).cpu().numpy()
-    directions = torch.nn.functional.normalize(classifier.detach().float(), dim=1).cpu().numpy()
-    labels = targets.cpu().numpy()
-    num_classes = directions.shape[0]
-    names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
-    colours = _class_colours(num_classes)
+    unit, labels, directions, names, colours = _unit_inputs(
+        "sphere", 3, features, targets, classifier, class_names
+    )
 
     fig = plt.figure(figsize=(7, 7))
     ax = fig.add_subplot(projection="3d")
     u, v = np.mgrid[0 : 2 * np.pi : 25j, 0 : np.pi : 13j]
     ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.85", lw=0.5)
-    for label in range(num_classes):
+    for label in range(len(directions)):
         members = labels == label
         ax.scatter(*unit[members].T, s=6, alpha=0.6, color=colours[label], label=names[label])
         ray = np.stack([np.zeros(3), directions[label] * 1.15])
