@@ -41,6 +41,9 @@ def build_module(cfg: DictConfig, input_shape: tuple[int, int, int]) -> HUGClass
         scheduler=instantiate(cfg.scheduler.factory) if cfg.scheduler else None,
         scheduler_interval=cfg.scheduler.interval if cfg.scheduler else "epoch",
         num_classes=cfg.data.num_classes,
+        # .get: configs of runs saved before these switches existed (hugnc-geometry, resume).
+        channels_last=cfg.get("channels_last", False),
+        compile=cfg.get("compile", False),
     )
 
 

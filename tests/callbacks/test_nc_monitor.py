@@ -59,6 +59,9 @@ class TinyModule(nn.Module):
         )
         self.head = ProxyHead(D, K) if proxy else LinearHead(D, K)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
 
 def reference_metrics(module: TinyModule, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Two passes written out: all features in memory, eval mode, class means, then NC4."""

@@ -191,7 +191,7 @@ class _Sample:
 
 def _forward(module: Any, batch: Any, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     images, targets = batch[0], batch[1]
-    features = module.backbone(images.to(device))
+    features = module.features(images.to(device))
     return features, targets.to(device), module.head.logits(features)
 
 
@@ -240,7 +240,7 @@ def _first_pass(
     cached_bytes = 0
     for batch in batches:
         with forward_context():
-            features = module.backbone(batch[0].to(device))
+            features = module.features(batch[0].to(device))
         targets = batch[1].to(device)
         metric.update(features, targets)
         if cache is not None:
@@ -280,7 +280,7 @@ def measure_geometry(
     """NC/GNC metrics of ``module``'s features on ``batches`` (two passes; see the module doc).
 
     Args:
-        module: has ``backbone`` (images -> features ``[B, d]``) and ``head`` (``logits``,
+        module: has ``features`` (images -> ``[B, d]``) and ``head`` (``logits``,
             ``classifier`` ``[K, d]``), e.g. :class:`hugnc.module.HUGClassifier`. Put in eval
             mode for the passes, its mode restored afterwards.
         batches: re-iterable of ``(images, targets)`` (e.g. :func:`split_loader`); under DDP this
