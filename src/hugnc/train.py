@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from lightning import Callback, LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from hugnc.loggers import finish_loggers
@@ -55,12 +56,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     output_dir = Path(cfg.paths.output_dir)
     loggers: list[Logger] = []
+    callbacks: list[Callback] = []
     try:
         seed_everything(cfg.seed, workers=True)
         torch.set_float32_matmul_precision(cfg.matmul_precision)
         datamodule: LightningDataModule = instantiate(cfg.data)
         module = build_module(cfg, datamodule.input_shape)
-        callbacks: list[Callback] = _instantiate_all(cfg.get("callbacks"))
+        callbacks = _instantiate_all(cfg.get("callbacks"))
         loggers = _instantiate_all(cfg.get("logger"))
         trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         for logger in loggers:
@@ -74,6 +76,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
             best = checkpoint.best_model_path if checkpoint else ""
             trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
             metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+    except SIGTERMException as error:
+        preempted = next((c.saved for c in callbacks if getattr(c, "saved", None)), None)
+        status = {"status": "preempted", "checkpoint": preempted.checkpoint} if preempted else {}
+        _write_status(output_dir, status or {"status": "failed", "error": "SIGTERMException"})
+        _finish(loggers, failed=True)
+        if preempted is not None:
+            raise preempted from error
+        raise
     except BaseException as error:
         _write_status(output_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
         _finish(loggers, failed=True)

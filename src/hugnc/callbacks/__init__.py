@@ -12,6 +12,7 @@ from hugnc.callbacks.neural_collapse import (
     save_figures,
     split_loader,
 )
+from hugnc.callbacks.preemption import PreemptedError, PreemptionCheckpoint
 
 __all__ = [
     "FiniteLossGuard",
@@ -19,6 +20,8 @@ __all__ = [
     "NeuralCollapseMonitor",
     "NonFiniteLossError",
     "NotEnoughClassesError",
+    "PreemptedError",
+    "PreemptionCheckpoint",
     "compute_class_means",
     "log_keys",
     "measure_geometry",

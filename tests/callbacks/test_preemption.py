@@ -1,0 +1,159 @@
+"""SIGTERM / SIGUSR1: a checkpoint at the next batch end, a clean stop, and a resumable run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Callback, Trainer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.utils.data import DataLoader, TensorDataset
+
+from hugnc.callbacks import PreemptionCheckpoint
+from hugnc.losses import HUGLoss
+from hugnc.models import ProxyHead
+from hugnc.module import HUGClassifier
+
+STEPS_PER_EPOCH = 8
+
+
+class SendSignal(Callback):
+    """Send ``signum`` to this process after batch ``batch_idx`` of epoch ``epoch``."""
+
+    def __init__(self, signum: int, epoch: int, batch_idx: int) -> None:
+        self.signum, self.epoch, self.batch_idx = signum, epoch, batch_idx
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch_idx:
+            os.kill(os.getpid(), self.signum)
+
+
+def _module() -> HUGClassifier:
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    backbone.feature_dim = 3
+    return HUGClassifier(
+        backbone=backbone,
+        head=ProxyHead(3, 4),
+        criterion=HUGLoss("mhs", alpha=0.1, beta=1.0),
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+        num_classes=4,
+    )
+
+
+def _loader() -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.randn(8 * STEPS_PER_EPOCH, 12, generator=generator), torch.arange(64) % 4
+    )
+    return DataLoader(data, batch_size=8)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_saves_a_checkpoint_at_the_next_batch_and_stops(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    previous_handler = signal.getsignal(signum)
+    preemption = PreemptionCheckpoint(str(tmp_path / "checkpoints"), signals=("SIGTERM", "SIGUSR1"))
+    trainer = Trainer(
+        max_epochs=3,
+        callbacks=[SendSignal(signum, epoch=1, batch_idx=2), preemption],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+    )
+    with pytest.raises(SIGTERMException):
+        trainer.fit(_module(), train_dataloaders=_loader())
+    assert preemption.saved is not None and preemption.saved.signum == signum
+    assert preemption.saved.code == 128 + signum
+    checkpoint = torch.load(preemption.saved.checkpoint, weights_only=False)
+    # Saved right after batch 2 of epoch 1, not at the end of the epoch.
+    assert checkpoint["global_step"] == STEPS_PER_EPOCH + 3
+    assert checkpoint["epoch"] == 1
+    # The process's own handlers are back once the fit is over.
+    assert signal.getsignal(signum) == previous_handler
+
+
+def test_no_signal_no_checkpoint(tmp_path: Path) -> None:
+    preemption = PreemptionCheckpoint(str(tmp_path / "checkpoints"))
+    trainer = Trainer(
+        max_epochs=1,
+        callbacks=[preemption],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+    )
+    trainer.fit(_module(), train_dataloaders=_loader())
+    assert preemption.saved is None and not (tmp_path / "checkpoints").exists()
+
+
+def test_unknown_signal_name_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="SIGTREM"):
+        PreemptionCheckpoint(str(tmp_path), signals=("SIGTREM",))
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_sigterm_mid_epoch_then_resume_completes(tmp_path: Path, fashion_mnist_dir: Path) -> None:
+    common = [
+        "loss=mhe_hug",
+        "loss.beta=1.0",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "data.train_subset=12800",
+        "data.batch_size=32",
+        "model.widths=[8,16,16]",
+        "model.kernel_size=3",
+        "+trainer.limit_val_batches=2",
+        "test=false",
+        "logger=csv",
+        "~callbacks.progress_bar",
+        "~callbacks.neural_collapse",
+    ]
+    run_dir = tmp_path / "run"
+    env = os.environ | {"HUGNC_DATA_DIR": str(fashion_mnist_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hugnc", *common, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.is_file():  # epoch 1 (400 steps) finished: now in epoch 2
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    # Stopped at a batch boundary, long before epoch 2 (~400 steps) could have finished.
+    assert time.monotonic() - sent < 30, output
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert f"resume={run_dir}" in output
+    status = json.loads((run_dir / "metrics.json").read_text())
+    assert status["status"] == "preempted" and status["checkpoint"] == str(last)
+    step = torch.load(last, weights_only=False)["global_step"]
+    assert 400 < step < 800, step  # mid-epoch 2
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "hugnc", f"resume={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    assert torch.load(last, weights_only=False)["global_step"] == 800
