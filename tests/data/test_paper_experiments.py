@@ -99,11 +99,11 @@ def test_paper_settings(compose_cfg, name: str, loss: str) -> None:
         assert cfg.data.imb_type == "exp" and cfg.data.imb_factor == pytest.approx(1 / ratio)
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("name", sorted(PAPER))
-def test_paper_experiment_runs(compose_cfg, data_root: Path, cifar_md5_ignored, name: str) -> None:
-    # Every loss runs on several experiments, in a fixed rotation (one run per experiment).
-    loss = LOSSES[sorted(PAPER).index(name) % len(LOSSES)]
+def test_paper_experiment_runs(
+    compose_cfg, data_root: Path, cifar_md5_ignored, name: str, loss: str
+) -> None:
     data_dir = data_root / "imagenet" if name == "imagenet" else data_root
     cfg = compose_cfg(
         f"experiment=paper/{name}",
