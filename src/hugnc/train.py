@@ -101,5 +101,9 @@ def _finish(loggers: list[Logger], failed: bool) -> None:
 
 @rank_zero_only
 def _write_status(output_dir: Path, content: dict) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(content, indent=2, sort_keys=True))
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(content, indent=2, sort_keys=True))
+    except OSError as error:
+        # A full disk must not hide the error being reported (or fail a finished run).
+        log.warning("could not write %s/metrics.json: %s", output_dir, error)
