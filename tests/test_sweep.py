@@ -115,6 +115,9 @@ def test_real_sweep_continues_after_a_failing_job(tmp_path: Path, fashion_mnist_
             **os.environ,
             "HUGNC_DATA_DIR": str(fashion_mnist_dir),
             "WANDB_MODE": "offline",
+            # alpha=-1 would now be refused before the sweep starts (tests/test_config_validation
+            # .py); without the check it is a job that fails inside the sweep, as wanted here.
+            "HUGNC_SKIP_CONFIG_CHECK": "1",
         },
     )
     # Hydra runs every job, then exits non-zero because one failed.

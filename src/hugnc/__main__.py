@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from hugnc.config import config_dir
+from hugnc.preflight import preflight
 from hugnc.resume import ResumeError, rewrite_argv
 
 
@@ -34,6 +35,8 @@ def main() -> None:
         sys.argv[1:] = rewrite_argv(sys.argv[1:])
     except ResumeError as error:
         sys.exit(f"hugnc: {error}")
+    # Hydra makes the run directory before calling _run: invalid configs must stop here.
+    preflight(sys.argv[1:], config_name="train", calling_file=__file__)
     _run()
 
 

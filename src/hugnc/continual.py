@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from hugnc.config import config_dir
 from hugnc.data import ContinualDataModule
 from hugnc.distributed import install_hydra_ddp_launcher, isolated_ddp_job
+from hugnc.preflight import preflight
 from hugnc.train import _finish, _instantiate_all, _write_status, build_module
 
 Matrix = Sequence[Sequence[float | None]]
@@ -220,6 +222,8 @@ def _run(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    # Hydra makes the run directory before calling _run: invalid configs must stop here.
+    preflight(sys.argv[1:], config_name="continual", calling_file=__file__)
     _run()
 
 

@@ -1,0 +1,329 @@
+"""Config validation: a bad command line fails in one clear message before anything is written.
+
+The table of bad inputs goes through the real CLI (``python -m hugnc`` in a subprocess, started
+in an empty directory): exit code 2, the message naming the key and what is allowed, no
+traceback, a few lines only, and the directory still empty (no run directory, no W&B run). More
+cases, the schema's pieces and every shipped config (no false positives) are checked in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import hugnc.continual
+from hugnc import preflight as preflight_module
+from hugnc.config import config_dir
+from hugnc.preflight import EXIT_CODE, SKIP_ENV, ConfigCheckError, check_command_line, preflight
+from hugnc.schema import RULES, matches, signature_of, unknown_key_problem
+
+
+def run_cli(args: Sequence[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``python -m hugnc ARGS`` with logs, data and W&B all pointed into ``cwd``."""
+    full_env = os.environ | {
+        "HUGNC_LOG_DIR": str(cwd / "logs"),
+        "HUGNC_DATA_DIR": str(cwd / "data"),
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(cwd / "wandb"),
+        "HYDRA_FULL_ERROR": "0",
+        "OMP_NUM_THREADS": "1",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "hugnc", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+# (command line, a fragment the message must contain). One subprocess each.
+CLI_TABLE = [
+    pytest.param(["loss.alpha=-1"], "loss.alpha = -1: must be >= 0 (command line)", id="alpha<0"),
+    pytest.param(["loss.beta=-0.5"], "loss.beta = -0.5: must be >= 0", id="beta<0"),
+    pytest.param(["loss.mhe_power=-2"], "loss.mhe_power = -2: must be >= 0", id="mhe_power<0"),
+    pytest.param(["loss.alpha=abc"], "loss.alpha = 'abc': must be a number >= 0", id="alpha-str"),
+    pytest.param(
+        ["model.feature_dim=1"], "model.feature_dim = 1: must be >= 2 or null", id="feature_dim<2"
+    ),
+    pytest.param(["data.batch_size=0"], "data.batch_size = 0: must be >= 1", id="batch_size<1"),
+    pytest.param(
+        ["data.batch_size=1.5"],
+        "data.batch_size = 1.5: must be an integer >= 1",
+        id="batch_size-float",
+    ),
+    pytest.param(
+        ["data=cifar10_lt", "data.imb_factor=1.5"],
+        "data.imb_factor = 1.5: must be in (0, 1] or null",
+        id="imb_factor>1",
+    ),
+    pytest.param(
+        ["+data.imb_factor=0"], "data.imb_factor = 0: must be in (0, 1] or null", id="imb_factor=0"
+    ),
+    pytest.param(
+        ["loss=mhe"],
+        "loss=mhe: no such option; loss is one of ce, mgd_hug, mhe_hug, mhs_hug",
+        id="unknown-option",
+    ),
+    pytest.param(
+        ["loss.alpah=1"],
+        "loss.alpah: unknown key (did you mean loss.alpha?); hugnc.losses.HUGLoss takes alpha, "
+        "beta, mhe_power, variant",
+        id="typo-key",
+    ),
+    pytest.param(
+        ["+trainer.max_epoch=3"],
+        "trainer.max_epoch: unknown key (did you mean trainer.max_epochs?); not one of the",
+        id="typo-added-key",
+    ),
+    pytest.param(
+        ["trainer.precision=17"],
+        "trainer.precision = 17: must be one of 64, 32, 16",
+        id="precision",
+    ),
+    pytest.param(["data.num_classes=1"], "data.num_classes = 1: must be >= 2", id="num_classes<2"),
+    pytest.param(
+        ["+sed=1"], "sed: unknown key (did you mean seed?); the top level takes", id="typo-top"
+    ),
+    pytest.param(
+        ["-m", "loss.alpha=0.1,-1"],
+        "sweep job 2 of 2 (loss.alpha=-1): loss.alpha = -1: must be >= 0",
+        id="multirun-one-bad-job",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), CLI_TABLE)
+def test_bad_command_line_fails_before_writing(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    result = run_cli(args, tmp_path)
+    assert result.returncode == EXIT_CODE, result.stderr[-3000:]
+    assert expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) < 15
+    # Only the message: no Hydra error wall, no warnings, no W&B banner.
+    assert all(line.startswith("hugnc: ") for line in lines), result.stderr
+    # No run or sweep directory, no W&B run, no data download: nothing at all.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_the_check_the_same_mistake_leaves_a_run_directory(tmp_path: Path) -> None:
+    """The control for the table: Hydra alone makes the directory before the loss rejects alpha,
+    so an empty directory above really means the check stopped the run first."""
+    result = run_cli(["trainer=debug", "logger=none", "loss.alpha=-1"], tmp_path, **{SKIP_ENV: "1"})
+    assert result.returncode != 0
+    assert "alpha must be >= 0" in result.stderr
+    assert len(list((tmp_path / "logs" / "train" / "runs").iterdir())) == 1
+
+
+# More bad inputs, checked in-process (same code path minus process start).
+IN_PROCESS_TABLE = [
+    (["loss.variant=mhx"], "loss.variant = 'mhx': must be one of mhe, mhs, mgd"),
+    (["data.eval_batch_size=0"], "data.eval_batch_size = 0: must be >= 1 or null"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs = 0: must be >= 1 or -1 or null"),
+    (["trainer.max_epochs=1.5"], "trainer.max_epochs = 1.5: must be an integer >= 1"),
+    (["trainer.deterministic=maybe"], "trainer.deterministic = 'maybe': must be"),
+    (["+data.imb_factor=-0.1"], "data.imb_factor = -0.1: must be in (0, 1]"),
+    (["data=cifar10_lt", "data.imb_type=log"], "data.imb_type = 'log': must be one of exp, step"),
+    (["model=resnet18", "model.feature_dim=1"], "model.feature_dim = 1: must be >= 2"),
+    (["model.widths=[16,a]"], "model.widths = [16, 'a']: must be a list of int"),
+    (["head.scale=0"], "head.scale = 0: must be > 0"),
+    (["optimizer.lr=-0.1"], "optimizer.lr = -0.1: must be > 0"),
+    (["matmul_precision=low"], "matmul_precision = 'low': must be one of highest, high, medium"),
+    (["experiment=nope"], "experiment=nope: no such option; experiment is one of quickstart"),
+    (["los=ce"], "los: unknown key (did you mean loss?)"),
+    (["trainer.max_epoch=3"], "trainer.max_epoch: unknown key (did you mean trainer.max_epochs?)"),
+    (["+loss.alpah=1"], "loss.alpah: unknown key (did you mean loss.alpha?)"),
+    (["data.imb_factor=0.5"], "data.imb_factor: not in conf/data/fashion_mnist.yaml; add it with"),
+    (["loss=ce", "loss.alpha=1"], "loss.alpha: unknown key; hugnc.losses.cross_entropy_loss"),
+    (["logger=csv", "+logger.csv.flush_every=3"], "did you mean logger.csv.flush_logs_every_n"),
+    (["callbacks.neural_collapse.max_batches=x"], "max_batches = 'x': must be int or null"),
+    (["+callbacks.extra.every=1"], "callbacks.extra: needs a _target_"),
+    (["loss.alpha=${nope}"], "loss.alpha = '${nope}': cannot be resolved"),
+    (["~loss.alpha"], "loss.alpha: missing: hugnc.losses.HUGLoss needs it"),
+    (["~loss"], "loss: missing"),
+    (["loss=null"], "loss=null: a config group needs one of its options (to drop it: ~loss)"),
+    (["loss.alpha=[1,"], "cannot parse 'loss.alpha=[1,'"),
+    (["loss.alpha=0.1,0.2"], "loss.alpha=0.1,0.2: a comma-separated value is a sweep; add -m"),
+    (["data=split_cifar10"], "split_cifar10 is a continual split: run it with python -m hugnc"),
+    (["+logger.wandb.id=abc", "data.seed=-3"], "data.seed = -3: must be >= 0"),
+    (["-m", "loss.alpha=0.1,0.2", "data.batch_size=0"], "every sweep job: data.batch_size = 0"),
+    (["-m", "loss=ce,mhe_hug", "loss.mhe_power=-1"], "sweep job 1 of 2 (loss=ce): loss.mhe_power:"),
+    (["-m", "data.batch_size=range(0,2)"], "sweep job 1 of 2 (data.batch_size=0)"),
+    # sweep=alpha_beta's grid (hydra.sweeper.params) is expanded: every job sets loss.alpha.
+    (["-m", "sweep=alpha_beta", "loss=ce"], "every sweep job: loss.alpha: unknown key"),
+    (["hydra.mode=MULTIRUN", "loss.beta=1,-1"], "sweep job 2 of 2 (loss.beta=-1)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"), IN_PROCESS_TABLE, ids=[" ".join(args) for args, _ in IN_PROCESS_TABLE]
+)
+def test_bad_config_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], expected: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigCheckError) as info:
+        check_command_line(args)
+    message = str(info.value)
+    assert expected in message, message
+    assert all(line.startswith("hugnc: ") for line in message.splitlines())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_problem_is_reported_with_its_origin() -> None:
+    with pytest.raises(ConfigCheckError) as info:
+        check_command_line(["loss.alpha=-1", "data=mnist", "data.batch_size=0"])
+    lines = str(info.value).splitlines()
+    assert "hugnc: invalid config: loss.alpha = -1: must be >= 0 (command line)" in lines
+    assert "hugnc: invalid config: data.batch_size = 0: must be >= 1 (command line)" in lines
+    assert len(lines) == 3  # two problems and the closing line
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+SHIPPED = [
+    [f"{group}={option}"]
+    for group in ("loss", "model", "trainer", "optimizer", "scheduler", "logger", "callbacks")
+    for option in _options(group)
+]
+SHIPPED += [[f"data={o}"] for o in _options("data") if not o.startswith("split_")]
+SHIPPED += [[f"experiment={o}"] for o in _options("experiment")]
+SHIPPED += [["-m", f"sweep={o}"] for o in _options("sweep")]
+SHIPPED += [["-m", f"hydra/launcher={o}", "loss.alpha=0.1,0.2"] for o in ("local", "slurm")]
+# Documented command lines (README) and those of the other CLI tests.
+SHIPPED += [
+    ["data=cifar10", "+data.imb_factor=0.02"],
+    ["data=imagenet", "data.class_list=imagenet100.txt", "data.num_classes=100"],
+    ["model=resnet18", "model.feature_dim=128", "trainer=gpu", "trainer.precision=bf16-mixed"],
+    ["loss=mhe_hug", "loss.alpha=0.15", "loss.beta=1.0", "loss.mhe_power=0"],
+    ["trainer.max_epochs=-1", "+trainer.limit_train_batches=5", "+trainer.fast_dev_run=true"],
+    ["callbacks.neural_collapse.split=val", "callbacks.neural_collapse.max_batches=null"],
+    ["~callbacks.progress_bar", "~callbacks.neural_collapse", "scheduler=none", "test=false"],
+    ["+logger.wandb.id=abc123", "+logger.wandb.resume=allow", "ckpt_path=/x/last.ckpt"],
+    ["hydra.run.dir=/x", "hydra.job.name=__main___rank1", "hydra.output_subdir=null"],
+    ["-m", "loss.alpha=0.1,0.15", "loss.beta=0.015,1.0", "seed=0,1,2"],
+]
+
+
+@pytest.mark.parametrize("args", SHIPPED, ids=lambda a: " ".join(a))
+def test_shipped_configs_are_valid(args: list[str]) -> None:
+    """Every option of every group composes and passes: the checks have no false positives."""
+    check_command_line(args)
+
+
+@pytest.mark.parametrize("option", [o for o in _options("data") if o.startswith("split_")])
+def test_continual_entry_point_checks_its_config(option: str) -> None:
+    calling_file = hugnc.continual.__file__
+    check_command_line([f"data={option}"], config_name="continual", calling_file=calling_file)
+    with pytest.raises(ConfigCheckError, match=r"data\.num_tasks = 0: must be >= 1"):
+        check_command_line(
+            [f"data={option}", "data.num_tasks=0"], "continual", calling_file=calling_file
+        )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help", "loss.alpha=-1"],
+        ["--cfg", "job", "loss.alpha=-1"],
+        ["--info", "defaults", "loss.alpha=-1"],
+        ["--shell-completion", "loss.alpha=-1"],
+        ["--version"],
+    ],
+)
+def test_commands_that_run_nothing_are_left_to_hydra(args: list[str]) -> None:
+    check_command_line(args)
+
+
+def test_the_check_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SKIP_ENV, "1")
+    check_command_line(["loss.alpha=-1"])
+
+
+def test_preflight_exits_with_the_message(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        preflight(["loss.alpha=-1"])
+    assert info.value.code == EXIT_CODE
+    assert "loss.alpha = -1: must be >= 0" in capsys.readouterr().err
+
+
+def test_a_failing_check_does_not_block_the_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("schema bug")
+
+    monkeypatch.setattr(preflight_module, "check_command_line", broken)
+    preflight(["loss.alpha=0.1"])  # returns: Hydra goes on
+    assert "config check skipped (RuntimeError: schema bug)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("value", "hint", "expected"),
+    [
+        (1, float, True),
+        (1.5, int, False),
+        (True, int, False),
+        (1, bool, False),
+        ("abc", float, False),
+        (None, int | None, True),
+        (None, int, False),
+        (32, typing.Literal[64, 32, 16], True),
+        (32.0, typing.Literal[64, 32, 16], False),
+        ("32", typing.Literal[64, 32, 16], False),
+        ([1, 2], list[int], True),
+        ([1, "a"], typing.Sequence[int], False),
+        ((0.9, 0.99), tuple[float, float], True),
+        ((0.9,), tuple[float, float], False),
+        ("a", typing.Iterable[str], False),
+        ({"a": 1}, dict[str, int], True),
+        ("cuda", typing.Union[str, int], True),  # noqa: UP007  (Lightning's form)
+        ("x", Path, True),
+        ("x", typing.Any, True),
+        ({"_target_": "x.Y"}, Exception, True),  # a class: a node Hydra may instantiate
+        (3, Exception, False),
+    ],
+)
+def test_annotation_matching(value: object, hint: object, expected: bool) -> None:
+    assert matches(value, hint) is expected
+
+
+def test_signatures_follow_kwargs_to_the_base_class() -> None:
+    from hugnc.data import CIFAR10DataModule
+    from hugnc.loggers import wandb_logger
+    from hugnc.losses import HUGLoss
+
+    cifar = signature_of(CIFAR10DataModule)
+    assert cifar.keys is not None
+    assert {"download", "batch_size", "imb_factor", "val_size"} <= cifar.keys
+    assert cifar.hints["imb_factor"] == float | None
+    assert signature_of(wandb_logger).keys is None  # **kwargs go to W&B: anything is accepted
+    assert signature_of(HUGLoss).required == {"variant", "alpha", "beta"}
+
+
+def test_rules_bounds() -> None:
+    imb_factor, max_epochs = RULES["data.imb_factor"].check, RULES["trainer.max_epochs"].check
+    assert imb_factor(1) is None and imb_factor(1e-9) is None and imb_factor(None) is None
+    assert imb_factor(0) and imb_factor(1.0001) and imb_factor("0.5")
+    assert max_epochs(-1) is None and max_epochs(1) is None
+    assert max_epochs(0) and max_epochs(-2) and max_epochs(True)
+
+
+def test_unknown_key_suggests_the_closest() -> None:
+    problem = unknown_key_problem("data.imb_facter", ["imb_factor", "imb_type", "_target_"], "x")
+    assert str(problem) == (
+        "data.imb_facter: unknown key (did you mean data.imb_factor?); x takes imb_factor, imb_type"
+    )
