@@ -1,4 +1,4 @@
-"""Lightning callbacks: NC/GNC metrics with geometry pictures (and, later, robustness)."""
+"""Lightning callbacks: NC/GNC metrics with geometry pictures, adversarial robustness."""
 
 from hugnc.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from hugnc.callbacks.neural_collapse import (
@@ -13,8 +13,10 @@ from hugnc.callbacks.neural_collapse import (
     split_loader,
 )
 from hugnc.callbacks.preemption import PreemptedError, PreemptionCheckpoint
+from hugnc.callbacks.robustness import AdversarialRobustness
 
 __all__ = [
+    "AdversarialRobustness",
     "FiniteLossGuard",
     "GeometryResult",
     "NeuralCollapseMonitor",
