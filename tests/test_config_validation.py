@@ -20,7 +20,14 @@ import pytest
 import hugnc.continual
 from hugnc import preflight as preflight_module
 from hugnc.config import config_dir
-from hugnc.preflight import EXIT_CODE, SKIP_ENV, ConfigCheckError, check_command_line, preflight
+from hugnc.preflight import (
+    EXIT_CODE,
+    SKIP_ENV,
+    ConfigCheckError,
+    check_command_line,
+    output_location_problem,
+    preflight,
+)
 from hugnc.schema import RULES, matches, signature_of, unknown_key_problem
 
 
@@ -327,3 +334,21 @@ def test_unknown_key_suggests_the_closest() -> None:
     assert str(problem) == (
         "data.imb_facter: unknown key (did you mean data.imb_factor?); x takes imb_factor, imb_type"
     )
+
+
+def test_output_location_that_cannot_be_made_fails_before_writing(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("a file where the logs should go")
+    result = run_cli(["paths.log_dir=notes.txt/logs", "trainer.max_epochs=1"], tmp_path)
+    assert result.returncode == EXIT_CODE, result.stderr
+    assert "notes.txt is a file, not a directory" in result.stderr
+    assert "paths.log_dir=DIR" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_output_location_problems(tmp_path: Path) -> None:
+    assert output_location_problem(tmp_path / "a" / "b" / "c") is None
+    assert list(tmp_path.iterdir()) == []  # the write probe leaves nothing behind
+    (tmp_path / "file").touch()
+    assert "is a file" in output_location_problem(tmp_path / "file" / "run")
+    if Path("/proc/self").is_dir():  # writable for os.access as root, yet no directory can be made
+        assert "cannot create it in /proc" in output_location_problem("/proc/hugnc/run")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +253,47 @@ def _checked(cfg: DictConfig, added: list[str], cheap_only: bool = False) -> lis
         instance.cfg = saved
 
 
+def output_location_problem(directory: str | Path) -> str | None:
+    """Why the run/sweep directory could not be created and written, or ``None``.
+
+    Looks at the nearest existing ancestor: Hydra would otherwise fail with a traceback while
+    making the directory, or the run hours later when it writes its first checkpoint.
+    """
+    directory = Path(directory).absolute()
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"output directory {directory}: {existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"output directory {directory}: {existing} is not writable"
+    # os.access says yes to root on read-only or virtual file systems (/proc): try it, leaving
+    # nothing behind.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hugnc-write-check-", dir=existing))
+    except OSError as error:
+        return f"output directory {directory}: cannot create it in {existing} ({error.strerror})"
+    return None
+
+
+def _check_output_location(cfg: DictConfig, multirun: bool) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    instance = HydraConfig.instance()
+    saved = instance.cfg
+    instance.set_config(cfg)
+    try:
+        directory = cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir
+    finally:
+        instance.cfg = saved
+    problem = output_location_problem(directory)
+    if problem:
+        raise ConfigCheckError(
+            f"hugnc: {problem}. Choose another location: paths.log_dir=DIR (or HUGNC_LOG_DIR), "
+            f"or hydra.{'sweep' if multirun else 'run'}.dir=DIR"
+        )
+
+
 def _report(lines: list[str]) -> str:
     shown = lines[:MAX_PROBLEMS]
     if len(lines) > MAX_PROBLEMS:
@@ -305,9 +347,11 @@ def check_command_line(
                 if problems:
                     lines = [f"{p}{_origin(p, cfg, overrides)}" for p in problems]
                     raise ConfigCheckError(_report(lines))
+                _check_output_location(cfg, multirun=False)
                 return
         master, jobs = composer.sweep_jobs(overrides)
         _check_jobs(composer, master, jobs, config_errors)
+        _check_output_location(master, multirun=True)
     except config_errors as error:
         problem = _composition_problem(error, overrides, composer, multirun)
         raise ConfigCheckError(_report([problem])) from error
