@@ -17,12 +17,17 @@ def _run(cfg: DictConfig) -> float | None:
     # Heavy imports after Hydra handled --help / --cfg.
     from lightning.pytorch.utilities import rank_zero_only
 
+    from hugnc.checkpoint import CheckpointWriteError
     from hugnc.distributed import install_hydra_ddp_launcher, isolated_ddp_job
     from hugnc.train import train
 
     install_hydra_ddp_launcher()
-    with isolated_ddp_job():
-        metrics = train(cfg)
+    try:
+        with isolated_ddp_job():
+            metrics = train(cfg)
+    except CheckpointWriteError as error:
+        # Full disk, quota, read-only: the user's to fix, so one line rather than a traceback.
+        sys.exit(f"hugnc: {error}")
     accuracy = metrics.get("test/acc")
     if rank_zero_only.rank == 0:
         summary = f"test/acc = {accuracy:.4f}" if accuracy is not None else "no test metrics"
