@@ -42,3 +42,14 @@ bench: install
 	$(BIN)/python benchmarks/bench_losses.py
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_training.py
+
+# The README's Fashion-MNIST results table (~90 min on 2 CPU cores), in the background; not part of
+# `make test`. A new results/<date>_<time>/ each time; continue a killed run with
+# `make results RESULTS_ARGS="--resume --out results/<date>_<time>"`.
+RESULTS_ARGS ?=
+.PHONY: results
+results: install fashion-mnist
+	mkdir -p results
+	nohup $(BIN)/python -m hugnc.tools.results $(RESULTS_ARGS) >> results/results.log 2>&1 &
+	@echo "hugnc-results started in the background; follow it with: tail -f results/results.log"

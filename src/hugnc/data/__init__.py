@@ -8,6 +8,7 @@ from hugnc.data.imagenet import ImageNetDataModule
 from hugnc.data.in_memory import InMemoryImageDataModule, TensorImageDataset
 from hugnc.data.long_tail import long_tail_counts, sample_per_class
 from hugnc.data.mnist import MNIST5kDataModule, MNISTDataModule
+from hugnc.data.on_device import DeviceBatchLoader, EpochShardSampler
 
 __all__ = [
     "DATAMODULES",
@@ -15,6 +16,8 @@ __all__ = [
     "CIFAR100DataModule",
     "ContinualDataModule",
     "DatasetUnavailableError",
+    "DeviceBatchLoader",
+    "EpochShardSampler",
     "FashionMNISTDataModule",
     "ImageDataModule",
     "ImageNetDataModule",

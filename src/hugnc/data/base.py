@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from hugnc.data.long_tail import long_tail_counts, sample_per_class
+from hugnc.data.on_device import DeviceBatchLoader
 
 #: Seconds a download may wait on a silent network before it gives up (no hanging retries).
 DOWNLOAD_TIMEOUT = 20.0
@@ -49,6 +50,12 @@ def try_download(download: Callable[[], object] | None) -> str:
     except Exception as error:  # torchvision raises various network errors
         return f"download failed: {type(error).__name__}: {error}"
     return ""
+
+
+def run_seed() -> int:
+    """The run's seed (``seed_everything`` exports it as ``PL_GLOBAL_SEED``; 0 without one): seeds
+    the training order of both data paths."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 def dataset_targets(dataset: Dataset) -> Tensor:
@@ -106,6 +113,9 @@ class ImageDataModule(LightningDataModule):
             ``imb_factor=None`` keeps the dataset as it is. See :func:`long_tail_counts`; ``n_max``
             is the smallest class of the training part (after the validation split).
         num_workers, pin_memory, persistent_workers: DataLoader settings.
+        on_device: hold the whole dataset on the training device and cut, augment and normalize
+            batches there (:mod:`hugnc.data.on_device`); only datamodules with
+            ``supports_on_device`` (the in-memory datasets) have this path.
     """
 
     #: Name in messages.
@@ -114,6 +124,8 @@ class ImageDataModule(LightningDataModule):
     fixed_num_classes: int | None = None
     #: Class names before the files are read (replaced by the dataset's own names in setup).
     default_classes: Sequence[str] = ()
+    #: Whether ``on_device=True`` is possible (the dataset is one uint8 tensor).
+    supports_on_device: bool = False
 
     def __init__(
         self,
@@ -130,8 +142,16 @@ class ImageDataModule(LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
+        if on_device and not self.supports_on_device:
+            raise ValueError(
+                f"{self.dataset_name} has no on-device data path (data.on_device=true): it exists "
+                "only for datasets held in memory as one uint8 tensor (CIFAR-10/100, MNIST, "
+                "MNIST-5k, Fashion-MNIST and their long-tailed and split variants). "
+                "Set data.on_device=false."
+            )
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(
                 f"need batch_size >= 1 and eval_batch_size >= 1 or null, "
@@ -160,6 +180,7 @@ class ImageDataModule(LightningDataModule):
         self.train_subset = train_subset
         self.imb_type = imb_type
         self.imb_factor = imb_factor
+        self.on_device = on_device
         self.loader_options: dict[str, Any] = {
             "num_workers": num_workers,
             "pin_memory": pin_memory,
@@ -240,7 +261,7 @@ class ImageDataModule(LightningDataModule):
             )
         return self.batch_size // world_size
 
-    def loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def loader(self, dataset: Dataset, train: bool) -> DataLoader | DeviceBatchLoader:
         """A DataLoader with this datamodule's settings (shuffled at the per-device batch size for
         training). A dataset may batch itself (``__getitems__``) and provide ``collate_fn``.
 
@@ -249,6 +270,9 @@ class ImageDataModule(LightningDataModule):
         of one global permutation, so the union of the ranks' batches at a step is exactly the
         single-process batch (DDP == one process), and a run resumed from a checkpoint sees the
         same order as an uninterrupted one.
+
+        In-memory datamodules with ``on_device=True`` override this with a
+        :class:`~hugnc.data.on_device.DeviceBatchLoader` giving the same order.
         """
         sampler = None
         if train:
@@ -258,7 +282,7 @@ class ImageDataModule(LightningDataModule):
                 num_replicas=trainer.world_size if trainer is not None else 1,
                 rank=trainer.global_rank if trainer is not None else 0,
                 shuffle=True,
-                seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+                seed=run_seed(),
             )
         return DataLoader(
             dataset,
@@ -269,11 +293,11 @@ class ImageDataModule(LightningDataModule):
             **self.loader_options,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatchLoader:
         return self.loader(self.train_set, train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatchLoader:
         return self.loader(self.val_set, train=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceBatchLoader:
         return self.loader(self.test_set, train=False)

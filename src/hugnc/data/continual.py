@@ -13,6 +13,7 @@ from hugnc.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from hugnc.data.fashion_mnist import FashionMNISTDataModule
 from hugnc.data.imagenet import ImageNetDataModule
 from hugnc.data.mnist import MNIST5kDataModule, MNISTDataModule
+from hugnc.data.on_device import DeviceBatchLoader
 
 #: The datasets a continual split can be made of, by the name of their data config.
 DATAMODULES: dict[str, type[ImageDataModule]] = {
@@ -116,7 +117,9 @@ class ContinualDataModule(LightningDataModule):
         self.base.trainer = self.trainer
         self.base.setup(stage)
 
-    def _task_loader(self, split: str, task: int | None, train: bool) -> DataLoader:
+    def _task_loader(
+        self, split: str, task: int | None, train: bool
+    ) -> DataLoader | DeviceBatchLoader:
         if task is None:
             raise RuntimeError(
                 "a continual split serves one task at a time and no task is selected: run "
@@ -126,11 +129,11 @@ class ContinualDataModule(LightningDataModule):
         dataset = select_classes(getattr(self.base, f"{split}_set"), self.tasks[task])
         return self.base.loader(dataset, train=train)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatchLoader:
         return self._task_loader("train", self.task, train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatchLoader:
         return self._task_loader("val", self.task, train=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceBatchLoader:
         return self._task_loader("test", self.eval_task, train=False)
