@@ -6,6 +6,12 @@ with ``--wandb ENTITY/PROJECT --group G``, the runs of a W&B group through the W
 Writes ``report.csv`` and ``report.md`` and, per metric, a heatmap over two swept keys (default
 ``loss.alpha`` x ``loss.beta``, cells averaged over the other keys such as seeds; failed cells
 marked). Jobs that failed appear as failed, not missing.
+
+``--group-by KEY [KEY ...]`` adds ``summary.csv`` and ``summary.md``: one row per combination of
+the keys' values with mean, standard deviation and count of each metric over the other keys
+(seeds), and the failed jobs per group. A key is looked up in the job's overrides, then in Hydra's
+group choices (``loss`` -> ``mhe_hug``), then in its ``.hydra/config.yaml``; a last dotted part is
+enough when it is unambiguous (``feature_dim`` -> ``model.feature_dim``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import csv
 import json
 import math
+import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +44,24 @@ class JobResult:
     status: str
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    #: Hydra's config group choices of the job (``{"loss": "mhe_hug", ...}``), if known.
+    choices: dict[str, str] = field(default_factory=dict)
+    #: The job's composed config flattened to dotted keys (scalars as strings), if known.
+    config: dict[str, str] = field(default_factory=dict)
+
+    def value(self, key: str) -> str | None:
+        """``key``'s value for this job: override, group choice, then config; ``None`` if unknown.
+
+        In each source an exact key wins; else a key whose last dotted parts are ``key``, if only
+        one such key exists (``feature_dim`` finds ``model.feature_dim``).
+        """
+        for source in (self.params, self.choices, self.config):
+            if key in source:
+                return source[key]
+            matches = [k for k in source if k.endswith("." + key)]
+            if len(matches) == 1:
+                return source[matches[0]]
+        return None
 
 
 def _parse_override(override: str) -> tuple[str, str] | None:
@@ -64,18 +89,42 @@ def collect_local(sweep_dir: str | Path) -> list[JobResult]:
     for job_dir in job_dirs:
         overrides = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))
         params = dict(filter(None, (_parse_override(str(o)) for o in overrides)))
+        choices, config = _job_config(job_dir)
         metrics_file = job_dir / "metrics.json"
         if not metrics_file.is_file():
             jobs.append(
-                JobResult(job_dir.name, params, "failed", error="no metrics.json (killed?)")
+                JobResult(
+                    job_dir.name,
+                    params,
+                    "failed",
+                    error="no metrics.json (killed?)",
+                    choices=choices,
+                    config=config,
+                )
             )
             continue
         content = json.loads(metrics_file.read_text())
         status = str(content.pop("status", "completed"))
         error = str(content.pop("error", ""))
         metrics = {k: float(v) for k, v in content.items() if isinstance(v, int | float)}
-        jobs.append(JobResult(job_dir.name, params, status, metrics, error))
+        jobs.append(JobResult(job_dir.name, params, status, metrics, error, choices, config))
     return jobs
+
+
+def _job_config(job_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Hydra's group choices and the flattened config of a job (empty where files are missing)."""
+    choices: dict[str, str] = {}
+    config: dict[str, str] = {}
+    hydra_file, config_file = job_dir / ".hydra" / "hydra.yaml", job_dir / ".hydra" / "config.yaml"
+    if hydra_file.is_file():
+        node = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices")
+        if node is not None:
+            raw = OmegaConf.to_container(node, resolve=False)
+            choices = {str(k): str(v) for k, v in raw.items() if not str(k).startswith("hydra/")}
+    if config_file.is_file():
+        raw = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
+        config = _flatten(raw) if isinstance(raw, dict) else {}
+    return choices, config
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -198,6 +247,81 @@ def write_heatmaps(
     return paths
 
 
+@dataclass
+class GroupSummary:
+    """The jobs sharing one value of each group-by key: metric statistics over the rest."""
+
+    keys: dict[str, str]
+    completed: int
+    failed: int
+    #: metric -> (mean, sample standard deviation (nan for one value), number of values).
+    stats: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+
+    def cell(self, metric: str, digits: int = 4) -> str:
+        """``mean ± std`` (just the mean for one value, empty for none)."""
+        mean, std, count = self.stats.get(metric, (math.nan, math.nan, 0))
+        if count == 0:
+            return ""
+        if count == 1 or math.isnan(std):
+            return f"{mean:.{digits}f}"
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def summarize(
+    jobs: Sequence[JobResult], group_by: Sequence[str], metrics: Sequence[str]
+) -> list[GroupSummary]:
+    """One :class:`GroupSummary` per combination of ``group_by`` values, in first-seen order.
+
+    Failed jobs (and completed ones without a metric) count in ``failed`` / are left out of that
+    metric's statistics; a key a job does not have groups it under ``""``.
+    """
+    groups: dict[tuple[str, ...], list[JobResult]] = {}
+    for job in jobs:
+        values = tuple(job.value(key) or "" for key in group_by)
+        groups.setdefault(values, []).append(job)
+    summaries = []
+    for values, members in groups.items():
+        completed = [j for j in members if j.status == "completed"]
+        summary = GroupSummary(
+            dict(zip(group_by, values, strict=True)), len(completed), len(members) - len(completed)
+        )
+        for metric in metrics:
+            data = [j.metrics[metric] for j in completed if metric in j.metrics]
+            data = [x for x in data if not math.isnan(x)]
+            if data:
+                std = statistics.stdev(data) if len(data) > 1 else math.nan
+                summary.stats[metric] = (statistics.fmean(data), std, len(data))
+        summaries.append(summary)
+    return summaries
+
+
+def write_summary(
+    summaries: Sequence[GroupSummary], group_by: Sequence[str], metrics: Sequence[str], out: Path
+) -> list[Path]:
+    """``summary.csv`` (mean, std, n columns per metric) and ``summary.md`` (mean ± std)."""
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / "summary.csv", out / "summary.md"
+    header = [*group_by, "completed", "failed"]
+    header += [f"{m}_{stat}" for m in metrics for stat in ("mean", "std", "n")]
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for s in summaries:
+            row = [*(s.keys[k] for k in group_by), s.completed, s.failed]
+            for metric in metrics:
+                mean, std, count = s.stats.get(metric, (math.nan, math.nan, 0))
+                row += [_fmt(mean), _fmt(std), count]
+            writer.writerow(row)
+    md_header = [*group_by, "n", "failed", *metrics]
+    lines = ["| " + " | ".join(md_header) + " |", "|" + "---|" * len(md_header)]
+    for s in summaries:
+        cells = [*(s.keys[k] for k in group_by), str(s.completed), str(s.failed)]
+        cells += [s.cell(metric) for metric in metrics]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    md_path.write_text("\n".join(lines) + "\n")
+    return [csv_path, md_path]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hugnc-report", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -209,6 +333,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--x", default="loss.alpha", help="heatmap columns (default loss.alpha)")
     parser.add_argument("--y", default="loss.beta", help="heatmap rows (default loss.beta)")
     parser.add_argument("--out", help="output directory (default: the sweep dir, or ./report)")
+    parser.add_argument(
+        "--group-by",
+        nargs="+",
+        metavar="KEY",
+        help="also write summary.csv/.md: one row per value combination of these keys (e.g. "
+        "loss feature_dim weights), mean ± std of each metric over the other keys (seeds)",
+    )
     args = parser.parse_args(argv)
     if bool(args.wandb) == bool(args.sweep_dir) or bool(args.wandb) != bool(args.group):
         parser.error("give either SWEEP_DIR or both --wandb ENTITY/PROJECT and --group G")
@@ -229,6 +360,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"no heatmap: {args.x} and {args.y} are not both swept (swept: {keys})")
     print((out_dir / "report.md").read_text())
+    if args.group_by:
+        written += write_summary(
+            summarize(jobs, args.group_by, metrics), args.group_by, metrics, out_dir
+        )
+        print((out_dir / "summary.md").read_text())
     failed = sum(job.status != "completed" for job in jobs)
     print(f"{len(jobs)} jobs, {failed} failed; wrote " + ", ".join(str(p) for p in written))
     return 0
