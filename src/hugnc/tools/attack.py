@@ -33,7 +33,7 @@ from hugnc.robustness import (
     parse_budget,
     robust_accuracy,
 )
-from hugnc.tools.runs import NotARunDirError, Run, load_run
+from hugnc.tools.runs import NotARunDirError, Run, load_run, run_dir_parser
 
 DEFAULT_STEPS = (10, 20)
 
@@ -64,13 +64,9 @@ def attack_specs(args: argparse.Namespace, settings: dict[str, Any]) -> list[Att
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hugnc-attack",
-        description="Clean and adversarial (L-inf FGSM/PGD, torchattacks) test accuracy of a run.",
-    )
-    parser.add_argument("run_dir", type=Path, help="a run directory (logs/<task>/runs/<...>)")
-    parser.add_argument(
-        "--checkpoint", default="best", help="best (default, as the test used), last, or a path"
+    parser = run_dir_parser(
+        "hugnc-attack",
+        "Clean and adversarial (L-inf FGSM/PGD, torchattacks) test accuracy of a run.",
     )
     parser.add_argument(
         "--attack", nargs="+", choices=ATTACKS, default=None, help="attacks (default: the run's)"

@@ -28,7 +28,7 @@ from hugnc.callbacks.neural_collapse import (
     split_loader,
 )
 from hugnc.metrics import optimal_min_angle_deg
-from hugnc.tools.runs import NotARunDirError, Run, load_run
+from hugnc.tools.runs import NotARunDirError, Run, load_run, run_dir_parser
 
 DEFAULT_MAX_BATCHES = 10
 
@@ -153,13 +153,9 @@ def write_outputs(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hugnc-geometry",
-        description="Recompute NC/GNC metrics and geometry pictures from a run's checkpoint.",
-    )
-    parser.add_argument("run_dir", type=Path, help="a run directory (logs/<task>/runs/<...>)")
-    parser.add_argument(
-        "--checkpoint", default="best", help="best (default, as the test used), last, or a path"
+    parser = run_dir_parser(
+        "hugnc-geometry",
+        "Recompute NC/GNC metrics and geometry pictures from a run's checkpoint.",
     )
     parser.add_argument(
         "--split", choices=SPLITS, default=None, help="split to measure (default: the run's)"

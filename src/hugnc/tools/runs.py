@@ -8,6 +8,7 @@ objects are rebuilt with the training code itself (:func:`hugnc.train.build_modu
 
 from __future__ import annotations
 
+import argparse
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,17 @@ from hugnc.module import HUGClassifier
 from hugnc.train import build_module
 
 _HYDRA_INTERPOLATION = re.compile(r"\$\{hydra:([\w.]+)\}")
+
+
+def run_dir_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An argument parser with what every ``RUN_DIR`` tool takes: the run directory and
+    ``--checkpoint`` (see :func:`find_checkpoint`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("run_dir", type=Path, help="a run directory (logs/<task>/runs/<...>)")
+    parser.add_argument(
+        "--checkpoint", default="best", help="best (default, as the test used), last, or a path"
+    )
+    return parser
 
 
 class NotARunDirError(ValueError):
