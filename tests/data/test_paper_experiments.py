@@ -21,6 +21,7 @@ CIFAR = ["data.download=false"]
 CIFAR_LT = [*CIFAR, "data.imb_factor=0.5"]
 PAPER = {
     "cifar10": CIFAR,
+    "cifar10_robustness": CIFAR,
     "cifar100": CIFAR,
     "cifar100_gnc_d64": CIFAR,
     "cifar100_gnc_d128": CIFAR,
@@ -87,6 +88,9 @@ def test_paper_settings(compose_cfg, name: str, loss: str) -> None:
         return
     assert cfg.trainer.max_epochs == 200
     assert list(cfg.scheduler.factory.milestones) == [60, 120, 180]
+    if name == "cifar10_robustness":
+        attacks = cfg.callbacks.robustness
+        assert (attacks.eps, attacks.alpha) == ("8/255", "2/255"), attacks
     if name == "mnist_2d":
         assert cfg.model.feature_dim == 2 and cfg.model.widths == [32, 64, 128]
         return
@@ -119,4 +123,7 @@ def test_paper_experiment_runs(
         return
     metrics = train(cfg)
     assert {"train/loss", "val/acc", "test/acc"} <= metrics.keys()
+    if name == "cifar10_robustness":
+        robust = {f"test/robust_acc/{attack}" for attack in ("fgsm", "pgd10", "pgd20")}
+        assert robust <= metrics.keys(), metrics.keys()
     assert all(math.isfinite(value) for value in metrics.values()), metrics
