@@ -29,7 +29,7 @@ from hugnc.config import config_dir
 from hugnc.data import ContinualDataModule
 from hugnc.distributed import install_hydra_ddp_launcher, isolated_ddp_job
 from hugnc.preflight import preflight
-from hugnc.train import _finish, _instantiate_all, _write_status, build_module
+from hugnc.train import build_module, close_loggers, instantiate_all, write_status
 
 Matrix = Sequence[Sequence[float | None]]
 
@@ -107,7 +107,7 @@ class CarryOptimizerState(Callback):
 
 
 def _task_callbacks(cfg: DictConfig, task: int, carry: Callback | None) -> list[Callback]:
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    callbacks = instantiate_all(cfg.get("callbacks"))
     for callback in callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath:
             callback.dirpath = str(Path(callback.dirpath) / f"task_{task}")
@@ -139,20 +139,20 @@ def train_continual(cfg: DictConfig) -> dict[str, Any]:
         module = build_module(cfg, datamodule.input_shape)
         if datamodule.task_incremental:
             module.head = TaskMaskedHead(module.head, datamodule.num_classes)
-        loggers = _instantiate_all(cfg.get("logger"))
+        loggers = instantiate_all(cfg.get("logger"))
         hyperparams = OmegaConf.to_container(cfg, resolve=True)
         for logger in loggers:
             logger.log_hyperparams(hyperparams | {"continual/tasks": datamodule.tasks})
         results = _run_tasks(cfg, datamodule, module, loggers)
     except BaseException as error:
-        _write_status(output_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
-        _finish(loggers, failed=True)
+        write_status(output_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        close_loggers(loggers, failed=True)
         raise
-    _finish(loggers, failed=False)
+    close_loggers(loggers, failed=False)
     final = {f"continual/{key}": results[key] for key in ("average_accuracy", "average_forgetting")}
     row = results["accuracy_matrix"][-1]
     final |= {f"continual/acc_task_{i}": accuracy for i, accuracy in enumerate(row)}
-    _write_status(output_dir, {"status": "completed", **final})
+    write_status(output_dir, {"status": "completed", **final})
     _write_json(output_dir / "continual.json", results)
     return results
 

@@ -20,7 +20,7 @@ from hugnc.module import HUGClassifier
 log = logging.getLogger(__name__)
 
 
-def _instantiate_all(group: DictConfig | None) -> list:
+def instantiate_all(group: DictConfig | None) -> list:
     """Instantiate every entry of a dict-of-configs group (callbacks, loggers); ``null`` -> []."""
     if not group:
         return []
@@ -62,8 +62,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         torch.set_float32_matmul_precision(cfg.matmul_precision)
         datamodule: LightningDataModule = instantiate(cfg.data)
         module = build_module(cfg, datamodule.input_shape)
-        callbacks = _instantiate_all(cfg.get("callbacks"))
-        loggers = _instantiate_all(cfg.get("logger"))
+        callbacks = instantiate_all(cfg.get("callbacks"))
+        loggers = instantiate_all(cfg.get("logger"))
         trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -79,28 +79,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except SIGTERMException as error:
         preempted = next((c.saved for c in callbacks if getattr(c, "saved", None)), None)
         status = {"status": "preempted", "checkpoint": preempted.checkpoint} if preempted else {}
-        _write_status(output_dir, status or {"status": "failed", "error": "SIGTERMException"})
-        _finish(loggers, failed=True)
+        write_status(output_dir, status or {"status": "failed", "error": "SIGTERMException"})
+        close_loggers(loggers, failed=True)
         if preempted is not None:
             raise preempted from error
         raise
     except BaseException as error:
-        _write_status(output_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
-        _finish(loggers, failed=True)
+        write_status(output_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        close_loggers(loggers, failed=True)
         raise
-    _finish(loggers, failed=False)
-    _write_status(output_dir, {"status": "completed", **metrics})
+    close_loggers(loggers, failed=False)
+    write_status(output_dir, {"status": "completed", **metrics})
     return metrics
 
 
-def _finish(loggers: list[Logger], failed: bool) -> None:
+def close_loggers(loggers: list[Logger], failed: bool) -> None:
+    """Finish every logger (W&B: as failed or finished) and print what they say (sync command)."""
     for line in finish_loggers(loggers, failed):
         log.info(line)
         print(line)
 
 
 @rank_zero_only
-def _write_status(output_dir: Path, content: dict) -> None:
+def write_status(output_dir: Path, content: dict) -> None:
+    """``<output_dir>/metrics.json`` (rank 0): ``status`` and the final metrics, read by sweep
+    reports and ``hugnc-results``."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(content, indent=2, sort_keys=True))
