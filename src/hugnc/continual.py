@@ -29,7 +29,13 @@ from hugnc.config import config_dir
 from hugnc.data import ContinualDataModule
 from hugnc.distributed import install_hydra_ddp_launcher, isolated_ddp_job
 from hugnc.preflight import preflight
-from hugnc.train import build_module, close_loggers, instantiate_all, write_status
+from hugnc.train import (
+    build_module,
+    close_loggers,
+    configure_process,
+    instantiate_all,
+    write_status,
+)
 
 Matrix = Sequence[Sequence[float | None]]
 
@@ -129,7 +135,7 @@ def train_continual(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("ckpt_path"):
             raise ValueError("resuming a continual run (ckpt_path) is not supported")
         seed_everything(cfg.seed, workers=True)
-        torch.set_float32_matmul_precision(cfg.matmul_precision)
+        configure_process(cfg)
         datamodule = instantiate(cfg.data)
         if not isinstance(datamodule, ContinualDataModule):
             raise ValueError(

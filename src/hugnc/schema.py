@@ -205,6 +205,7 @@ RULES: dict[str, Rule] = {
     "test": of_type(bool),
     "ckpt_path": of_type(str, nullable=True),
     "matmul_precision": choice(("highest", "high", "medium")),
+    "retain_host_memory": of_type(bool),
     # loss
     "loss.alpha": number(0),
     "loss.beta": number(0),

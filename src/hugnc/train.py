@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from hugnc.host_memory import retain_freed_host_memory
 from hugnc.loggers import finish_loggers
 from hugnc.module import HUGClassifier
 
@@ -25,6 +26,15 @@ def instantiate_all(group: DictConfig | None) -> list:
     if not group:
         return []
     return [instantiate(entry) for entry in group.values() if entry is not None]
+
+
+def configure_process(cfg: DictConfig) -> None:
+    """The process-wide numeric and memory settings of ``cfg``: float32 matmul precision, and
+    glibc's malloc keeping freed host memory (``retain_host_memory``, :mod:`hugnc.host_memory`)."""
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
+    # .get: configs of runs saved before the switch existed (resume).
+    if cfg.get("retain_host_memory", False):
+        retain_freed_host_memory()
 
 
 def build_module(cfg: DictConfig, input_shape: tuple[int, int, int]) -> HUGClassifier:
@@ -59,7 +69,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks: list[Callback] = []
     try:
         seed_everything(cfg.seed, workers=True)
-        torch.set_float32_matmul_precision(cfg.matmul_precision)
+        configure_process(cfg)
         datamodule: LightningDataModule = instantiate(cfg.data)
         module = build_module(cfg, datamodule.input_shape)
         callbacks = instantiate_all(cfg.get("callbacks"))
