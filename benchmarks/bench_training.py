@@ -216,6 +216,7 @@ def setup_overrides(setup: str, args: argparse.Namespace, root: Path) -> list[st
         "data.download=false",
         "data.augment=true",
         f"data.batch_size={args.batch_size}",
+        *args.overrides,
     ]
 
 
@@ -465,6 +466,13 @@ def main(argv: list[str] | None = None) -> None:
         help="retain: glibc malloc keeps freed memory (retain_host_memory=true, the default of "
         "python -m hugnc); system: the allocator as it comes",
     )
+    parser.add_argument(
+        "--overrides",
+        nargs="*",
+        default=[],
+        help="Hydra overrides for every row, e.g. a data-bound small model: "
+        "'model.widths=[8,16,32]' model.convs_per_stage=1",
+    )
     parser.add_argument("--cifar-model", default="lenet_pp", help="model config, CIFAR setup")
     parser.add_argument(
         "--setups",
@@ -496,7 +504,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} in each of "
         f"{args.rounds} round(s), augmentation on, HUG mhe loss, SGD, trainer={args.trainer}, "
-        f"host memory {'retained' if retained else 'system allocator'}\n"
+        f"host memory {'retained' if retained else 'system allocator'}"
+        + (f", overrides {' '.join(args.overrides)}" if args.overrides else "")
+        + "\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
