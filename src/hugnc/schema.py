@@ -153,7 +153,9 @@ def choice(options: Callable[[], Iterable[Any]] | Iterable[Any], *, nullable: bo
 
     def check(value: Any) -> str | None:
         allowed = list(options() if callable(options) else options)
-        if (value is None and nullable) or (isinstance(value, str) and value in allowed):
+        # Strings or integers only: YAML's true would otherwise equal an allowed 1.
+        exact = isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+        if (value is None and nullable) or (exact and value in allowed):
             return None
         return "must be one of " + ", ".join(map(str, allowed)) + (" or null" if nullable else "")
 
@@ -176,6 +178,18 @@ def _hug_variants() -> tuple[str, ...]:
     from hugnc.losses import VARIANTS
 
     return tuple(VARIANTS)
+
+
+def _cifar_resnet_depths() -> tuple[int, ...]:
+    from hugnc.models.backbones import CIFAR_RESNET_BLOCKS
+
+    return tuple(sorted(CIFAR_RESNET_BLOCKS))
+
+
+def _torchvision_resnets() -> tuple[str, ...]:
+    from hugnc.models.backbones import TORCHVISION_RESNETS
+
+    return TORCHVISION_RESNETS
 
 
 def _imb_types() -> tuple[str, ...]:
@@ -218,6 +232,8 @@ RULES: dict[str, Rule] = {
     "model.feature_dim": number(2, integer=True, nullable=True),
     "model.kernel_size": number(1, integer=True),
     "model.convs_per_stage": number(1, integer=True),
+    "model.depth": choice(_cifar_resnet_depths),
+    "model.arch": choice(_torchvision_resnets),
     # data
     "data.num_classes": number(2, integer=True),
     "data.batch_size": number(1, integer=True),

@@ -30,8 +30,9 @@ def test_backbone_feature_shape(backbone, input_shape, feature_dim) -> None:
 def test_invalid_backbone_arguments() -> None:
     with pytest.raises(ValueError, match="depth must be one of"):
         CifarResNet(depth=50)
-    with pytest.raises(ValueError, match="torchvision ResNet"):
-        TorchvisionResNet("vgg16")
+    for arch in ("vgg16", "resnet"):  # "resnet" is torchvision's module, not a constructor
+        with pytest.raises(ValueError, match="arch must be one of resnet18, resnet34"):
+            TorchvisionResNet(arch)
     with pytest.raises(ValueError, match="odd kernel_size"):
         LeNetPlusPlus(kernel_size=4)
 

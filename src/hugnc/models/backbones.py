@@ -96,7 +96,10 @@ class _BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-_CIFAR_RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+#: CIFAR ResNet depth -> residual blocks per stage (the allowed ``depth`` values).
+CIFAR_RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+#: The torchvision ResNet constructors :class:`TorchvisionResNet` takes as ``arch``.
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
 class CifarResNet(nn.Module):
@@ -116,9 +119,9 @@ class CifarResNet(nn.Module):
         feature_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if depth not in _CIFAR_RESNET_BLOCKS:
+        if depth not in CIFAR_RESNET_BLOCKS:
             raise ValueError(
-                f"CIFAR ResNet depth must be one of {sorted(_CIFAR_RESNET_BLOCKS)}, got {depth}"
+                f"CIFAR ResNet depth must be one of {sorted(CIFAR_RESNET_BLOCKS)}, got {depth}"
             )
         self.stem = nn.Sequential(
             nn.Conv2d(input_shape[0], 64, 3, stride=1, padding=1, bias=False),
@@ -127,7 +130,7 @@ class CifarResNet(nn.Module):
         )
         layers: list[nn.Module] = []
         in_planes = 64
-        for stage, num_blocks in enumerate(_CIFAR_RESNET_BLOCKS[depth]):
+        for stage, num_blocks in enumerate(CIFAR_RESNET_BLOCKS[depth]):
             planes = 64 * 2**stage
             for block in range(num_blocks):
                 layers.append(
@@ -161,8 +164,8 @@ class TorchvisionResNet(nn.Module):
         feature_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if not arch.startswith("resnet") or not hasattr(torchvision.models, arch):
-            raise ValueError(f"arch must name a torchvision ResNet (e.g. 'resnet50'), got {arch!r}")
+        if arch not in TORCHVISION_RESNETS:
+            raise ValueError(f"arch must be one of {', '.join(TORCHVISION_RESNETS)}, got {arch!r}")
         net = getattr(torchvision.models, arch)(weights=None)
         if input_shape[0] != 3:
             net.conv1 = nn.Conv2d(input_shape[0], 64, 7, stride=2, padding=3, bias=False)
