@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from cli_runs import run_hugnc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,15 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def run_cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
-    full_env = os.environ | {"HYDRA_FULL_ERROR": "0"} | (env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "hugnc", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_hugnc(*args, cwd=cwd, env=env, timeout=timeout)
 
 
 def test_help_lists_config_groups(tmp_path: Path) -> None:

@@ -8,14 +8,13 @@ cases, the schema's pieces and every shipped config (no false positives) are che
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from cli_runs import run_hugnc
 
 import hugnc.continual
 from hugnc import preflight as preflight_module
@@ -33,21 +32,16 @@ from hugnc.schema import RULES, matches, signature_of, unknown_key_problem
 
 def run_cli(args: Sequence[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     """``python -m hugnc ARGS`` with logs, data and W&B all pointed into ``cwd``."""
-    full_env = os.environ | {
-        "HUGNC_LOG_DIR": str(cwd / "logs"),
-        "HUGNC_DATA_DIR": str(cwd / "data"),
-        "WANDB_MODE": "offline",
-        "WANDB_DIR": str(cwd / "wandb"),
-        "HYDRA_FULL_ERROR": "0",
-        "OMP_NUM_THREADS": "1",
-        **env,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "hugnc", *args],
+    return run_hugnc(
+        *args,
         cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
+        data_dir=cwd / "data",
+        env={
+            "HUGNC_LOG_DIR": str(cwd / "logs"),
+            "WANDB_DIR": str(cwd / "wandb"),
+            "OMP_NUM_THREADS": "1",
+            **env,
+        },
         timeout=300,
     )
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import TINY_EQUIVALENCE_RUN, final_weights, run_hugnc
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
@@ -101,54 +102,20 @@ def test_multirun_of_ddp_jobs_each_in_its_own_directory(
     assert not (tmp_path / "logs" / "train" / "runs").exists()
 
 
-def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(
-        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
-    return checkpoint["state_dict"]
-
-
 @pytest.mark.slow
 def test_one_ddp_epoch_equals_one_process_on_the_global_batch(
     tmp_path: Path, fashion_mnist_dir: Path
 ) -> None:
-    common = [
-        "loss=mhe_hug",
-        "loss.beta=1.0",
-        "trainer.max_epochs=1",
-        "data.train_subset=512",
-        "data.batch_size=128",
-        "model.batch_norm=false",
-        "model.widths=[8,8,8]",
-        "model.kernel_size=3",
-        "logger=none",
-        "scheduler=none",
-        "test=false",
-        "+trainer.limit_val_batches=1",
-        "trainer.deterministic=true",
-        "~callbacks.progress_bar",
-        "~callbacks.neural_collapse",
-    ]
-    run_dirs = {}
     for trainer in ("cpu", "ddp_cpu"):
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "hugnc",
-                f"trainer={trainer}",
-                *common,
-                f"hydra.run.dir={tmp_path / trainer}",
-            ],
+        result = run_hugnc(
+            f"trainer={trainer}",
+            *TINY_EQUIVALENCE_RUN,
+            f"hydra.run.dir={tmp_path / trainer}",
             cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=os.environ | {"HUGNC_DATA_DIR": str(fashion_mnist_dir)},
+            data_dir=fashion_mnist_dir,
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        run_dirs[trainer] = tmp_path / trainer
-    single, ddp = _final_weights(run_dirs["cpu"]), _final_weights(run_dirs["ddp_cpu"])
+    single, ddp = final_weights(tmp_path / "cpu"), final_weights(tmp_path / "ddp_cpu")
     assert single.keys() == ddp.keys()
     for name, tensor in single.items():
         torch.testing.assert_close(ddp[name], tensor, rtol=1e-4, atol=1e-5, msg=name)

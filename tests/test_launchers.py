@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import submitit
+from cli_runs import run_hugnc
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
@@ -69,25 +68,17 @@ def test_slurm_launcher_asks_one_task_per_gpu(
 
 @pytest.mark.slow
 def test_sweep_through_submitit_local_executor(tmp_path: Path, fashion_mnist_dir: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hugnc",
-            "-m",
-            "hydra/launcher=local",
-            "trainer=debug",
-            "loss=ce,mhs_hug",
-            "data.batch_size=8",
-            "logger=csv",
-            "~callbacks.progress_bar",
-            "~callbacks.neural_collapse",
-        ],
+    result = run_hugnc(
+        "-m",
+        "hydra/launcher=local",
+        "trainer=debug",
+        "loss=ce,mhs_hug",
+        "data.batch_size=8",
+        "logger=csv",
+        "~callbacks.progress_bar",
+        "~callbacks.neural_collapse",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=os.environ | {"HUGNC_DATA_DIR": str(fashion_mnist_dir)},
+        data_dir=fashion_mnist_dir,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()

@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import final_weights, run_hugnc, start_hugnc, wait_for_file
 
 from hugnc.resume import ResumeError, resume_arguments, rewrite_argv
 
@@ -32,63 +32,41 @@ COMMON = [
 ]
 
 
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(
-        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )["state_dict"]
-
-
 @pytest.mark.slow
 @pytest.mark.real_data
 def test_killed_run_resumes_to_the_uninterrupted_result(
     tmp_path: Path, fashion_mnist_dir: Path
 ) -> None:
-    env = os.environ | {"HUGNC_DATA_DIR": str(fashion_mnist_dir), "WANDB_MODE": "offline"}
     reference = tmp_path / "reference"
-    subprocess.run(
-        [sys.executable, "-m", "hugnc", *COMMON, f"hydra.run.dir={reference}"],
-        cwd=tmp_path,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=600,
+    done = run_hugnc(
+        *COMMON, f"hydra.run.dir={reference}", cwd=tmp_path, data_dir=fashion_mnist_dir
     )
+    assert done.returncode == 0, done.stderr[-3000:]
 
     killed = tmp_path / "killed"
     # Its own session, so that the kill takes the whole job (W&B's service process too), as a
     # scheduler's kill does.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hugnc", *COMMON, f"hydra.run.dir={killed}"],
+    proc = start_hugnc(
+        *COMMON,
+        f"hydra.run.dir={killed}",
         cwd=tmp_path,
-        env=env,
+        data_dir=fashion_mnist_dir,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoints" / "last.ckpt").is_file():  # epoch 1 finished
-        assert proc.poll() is None and time.monotonic() < deadline, (
-            "run ended before epoch 1's checkpoint"
-        )
-        time.sleep(0.05)
+    wait_for_file(proc, killed / "checkpoints" / "last.ckpt")  # epoch 1 finished
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
     epoch_at_kill = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
     assert epoch_at_kill < 2
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "hugnc", f"resume={killed}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = run_hugnc(f"resume={killed}", cwd=tmp_path, data_dir=fashion_mnist_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"run directory: {killed}" in resumed.stdout
     assert '"status": "completed"' in (killed / "metrics.json").read_text()
-    final, expected = _weights(killed), _weights(reference)
+    final, expected = final_weights(killed), final_weights(reference)
     for name, tensor in expected.items():
         torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     # Offline W&B: the resumed part is a second offline run in the same run directory.

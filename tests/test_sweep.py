@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from cli_runs import run_hugnc
 
 from hugnc.tools.report import collect_local, collect_wandb, heatmap_grid, main, swept_keys
 
@@ -94,31 +92,19 @@ def test_collect_wandb_uses_group_tags_and_states() -> None:
 
 @pytest.mark.slow
 def test_real_sweep_continues_after_a_failing_job(tmp_path: Path, fashion_mnist_dir: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hugnc",
-            "-m",
-            "trainer=debug",
-            "loss.alpha=0.15,-1",
-            "loss.beta=0.5,1.0",
-            "data.batch_size=8",
-            "~callbacks.progress_bar",
-            "~callbacks.neural_collapse",
-        ],
+    result = run_hugnc(
+        "-m",
+        "trainer=debug",
+        "loss.alpha=0.15,-1",
+        "loss.beta=0.5,1.0",
+        "data.batch_size=8",
+        "~callbacks.progress_bar",
+        "~callbacks.neural_collapse",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={
-            **os.environ,
-            "HUGNC_DATA_DIR": str(fashion_mnist_dir),
-            "WANDB_MODE": "offline",
-            # alpha=-1 would now be refused before the sweep starts (tests/test_config_validation
-            # .py); without the check it is a job that fails inside the sweep, as wanted here.
-            "HUGNC_SKIP_CONFIG_CHECK": "1",
-        },
+        data_dir=fashion_mnist_dir,
+        # alpha=-1 would now be refused before the sweep starts (tests/test_config_validation
+        # .py); without the check it is a job that fails inside the sweep, as wanted here.
+        env={"HUGNC_SKIP_CONFIG_CHECK": "1"},
     )
     # Hydra runs every job, then exits non-zero because one failed.
     assert result.returncode == 1, result.stderr[-3000:]

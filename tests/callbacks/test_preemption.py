@@ -6,12 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import run_hugnc, start_hugnc, wait_for_file
 from lightning import Callback, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, TensorDataset
@@ -119,20 +119,17 @@ def test_sigterm_mid_epoch_then_resume_completes(tmp_path: Path, fashion_mnist_d
         "~callbacks.neural_collapse",
     ]
     run_dir = tmp_path / "run"
-    env = os.environ | {"HUGNC_DATA_DIR": str(fashion_mnist_dir)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hugnc", *common, f"hydra.run.dir={run_dir}"],
+    proc = start_hugnc(
+        *common,
+        f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
-        env=env,
+        data_dir=fashion_mnist_dir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.is_file():  # epoch 1 (400 steps) finished: now in epoch 2
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-        time.sleep(0.05)
+    wait_for_file(proc, last)  # epoch 1 (400 steps) finished: now in epoch 2
     time.sleep(1.0)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -146,14 +143,7 @@ def test_sigterm_mid_epoch_then_resume_completes(tmp_path: Path, fashion_mnist_d
     step = torch.load(last, weights_only=False)["global_step"]
     assert 400 < step < 800, step  # mid-epoch 2
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "hugnc", f"resume={run_dir}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = run_hugnc(f"resume={run_dir}", cwd=tmp_path, data_dir=fashion_mnist_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
     assert torch.load(last, weights_only=False)["global_step"] == 800

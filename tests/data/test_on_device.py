@@ -4,14 +4,12 @@ same samples per epoch, same order, same augmentation statistics, seeded, DDP-sh
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from cli_runs import TINY_EQUIVALENCE_RUN, final_weights, run_hugnc
 from hydra.utils import instantiate
 from lightning import Callback, LightningModule, Trainer, seed_everything
 from scipy import stats
@@ -435,47 +433,21 @@ def test_ddp_on_device_equals_one_process_and_the_dataloader_path(
 ) -> None:
     """One epoch with 2 DDP ranks on the on-device path ends at the weights of one process on
     the on-device path and on the DataLoader path (no augmentation: the same batches)."""
-    common = [
-        "loss=mhe_hug",
-        "loss.beta=1.0",
-        "trainer.max_epochs=1",
-        "data.train_subset=512",
-        "data.batch_size=128",
-        "model.batch_norm=false",
-        "model.widths=[8,8,8]",
-        "model.kernel_size=3",
-        "logger=none",
-        "scheduler=none",
-        "test=false",
-        "+trainer.limit_val_batches=1",
-        "trainer.deterministic=true",
-        "~callbacks.progress_bar",
-        "~callbacks.neural_collapse",
-    ]
     weights = {}
     for name, overrides in {
         "dataloader": ["trainer=cpu", "data.on_device=false"],
         "on_device": ["trainer=cpu", "data.on_device=true"],
         "ddp_on_device": ["trainer=ddp_cpu", "data.on_device=true"],
     }.items():
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "hugnc",
-                *overrides,
-                *common,
-                f"hydra.run.dir={tmp_path / name}",
-            ],
+        result = run_hugnc(
+            *overrides,
+            *TINY_EQUIVALENCE_RUN,
+            f"hydra.run.dir={tmp_path / name}",
             cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=os.environ | {"HUGNC_DATA_DIR": str(fashion_mnist_dir)},
+            data_dir=fashion_mnist_dir,
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        checkpoint = tmp_path / name / "checkpoints" / "last.ckpt"
-        weights[name] = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        weights[name] = final_weights(tmp_path / name)
     reference = weights.pop("dataloader")
     for name, state in weights.items():
         assert state.keys() == reference.keys()
