@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import errno
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import hugnc_env
 
 import hugnc.checkpoint
 from hugnc.checkpoint import AtomicCheckpointIO, CheckpointWriteError, atomic_torch_save
@@ -96,3 +99,61 @@ def test_training_stops_clearly_when_the_disk_fills(
     status = json.loads((run_dir / "metrics.json").read_text())
     assert status["status"] == "failed" and "No space left on device" in status["error"]
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+# The command line with a disk that fills after epoch 0's two checkpoints: the same process as
+# `python -m hugnc ARGS`, with hugnc.checkpoint's torch.save failing like a full disk.
+FULL_DISK_CLI = """
+import errno, sys
+import torch
+import hugnc.checkpoint
+from hugnc.__main__ import main
+
+real_save, calls = torch.save, [0]
+
+def save(obj, file):
+    calls[0] += 1
+    if calls[0] <= 2:
+        return real_save(obj, file)
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+hugnc.checkpoint.torch.save = save
+sys.argv = ["hugnc", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.real_data
+def test_command_line_reports_a_full_disk_in_one_line(
+    tmp_path: Path, fashion_mnist_dir: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FULL_DISK_CLI,
+            "trainer=cpu",
+            "trainer.max_epochs=3",
+            "+trainer.limit_train_batches=3",
+            "+trainer.limit_val_batches=1",
+            "data.train_subset=512",
+            "data.batch_size=64",
+            "logger=none",
+            "test=false",
+            "~callbacks.progress_bar",
+            "~callbacks.neural_collapse",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        env=hugnc_env(fashion_mnist_dir),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("hugnc: ")]
+    assert "No space left on device" in line and str(run_dir / "checkpoints") in line
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
