@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from hugnc.callbacks import NonFiniteLossError
+from hugnc.callbacks import FiniteLossGuard, NonFiniteLossError, finite_loss
 from hugnc.train import train
 
 
@@ -52,3 +54,80 @@ def test_hug_terms_are_named(compose_cfg) -> None:
         NonFiniteLossError, match=r"loss=inf, loss_intra=[0-9.]+, loss_inter=[0-9.]+"
     ):
         train(cfg)
+
+
+class _Trainer:
+    """What the guard reads of a Trainer."""
+
+    def __init__(self) -> None:
+        self.current_epoch, self.global_step = 0, 0
+        self.checkpoint_callback = SimpleNamespace(last_model_path="/runs/x/checkpoints/last.ckpt")
+
+
+def _step(guard: FiniteLossGuard, trainer: _Trainer, loss: float) -> None:
+    trainer.global_step += 1
+    terms = {"loss": torch.tensor(loss), "loss_intra": torch.tensor(0.5)}
+    outputs = {"loss": terms["loss"].clone().requires_grad_(), "loss_terms": terms}
+    guard.on_train_batch_end(trainer, None, outputs, None, trainer.global_step - 1)
+
+
+def test_on_the_cpu_every_step_is_read_at_once() -> None:
+    guard, trainer = FiniteLossGuard(every_n_steps=50), _Trainer()
+    _step(guard, trainer, 1.0)
+    with pytest.raises(NonFiniteLossError, match=r"step 2 \(batch 1\): loss=nan, loss_intra=0.5"):
+        _step(guard, trainer, float("nan"))
+
+
+def test_on_accelerators_the_first_bad_step_is_named_when_read(monkeypatch) -> None:
+    # As on a GPU: reading the loss would synchronize, so steps are read every 5.
+    monkeypatch.setattr(finite_loss, "_host_reads_are_free", lambda device: False)
+    guard, trainer = FiniteLossGuard(every_n_steps=5), _Trainer()
+    for loss in (1.0, 2.0, 3.0, 4.0, 5.0, 1.0):  # steps 1-5 read together, all finite
+        _step(guard, trainer, loss)
+    _step(guard, trainer, float("inf"))  # step 7: bad, not read yet
+    _step(guard, trainer, float("nan"))  # step 8
+    _step(guard, trainer, 1.0)  # step 9
+    with pytest.raises(NonFiniteLossError) as error:
+        _step(guard, trainer, 1.0)  # step 10: the 5 pending steps are read
+    message = str(error.value)
+    assert "at epoch 0, step 7 (batch 6) (read at step 10): loss=inf, loss_intra=0.5" in message
+    assert "Last good checkpoint: /runs/x/checkpoints/last.ckpt" in message
+
+
+@pytest.mark.parametrize(
+    "hook", ["on_save_checkpoint", "on_validation_start", "on_train_epoch_end", "on_train_end"]
+)
+def test_pending_steps_are_read_before_checkpoints_and_at_epoch_ends(monkeypatch, hook) -> None:
+    monkeypatch.setattr(finite_loss, "_host_reads_are_free", lambda device: False)
+    guard, trainer = FiniteLossGuard(every_n_steps=100), _Trainer()
+    _step(guard, trainer, 1.0)
+    _step(guard, trainer, float("nan"))
+    arguments = (trainer, None, {}) if hook == "on_save_checkpoint" else (trainer, None)
+    with pytest.raises(NonFiniteLossError, match=r"step 2 \(batch 1\): loss=nan"):
+        getattr(guard, hook)(*arguments)
+    getattr(guard, hook)(*arguments)  # read once: nothing pending any more
+
+
+@pytest.mark.real_data
+def test_deferred_reads_never_checkpoint_a_diverged_model(compose_cfg, monkeypatch) -> None:
+    monkeypatch.setattr(finite_loss, "_host_reads_are_free", lambda device: False)
+    cfg = compose_cfg(
+        "loss=ce",
+        "trainer=cpu",
+        "trainer.max_epochs=3",
+        "+trainer.limit_train_batches=3",
+        "+trainer.limit_val_batches=1",
+        "logger=none",
+        "~callbacks.progress_bar",
+        "~callbacks.neural_collapse",
+        "model.widths=[4,4,4]",
+        "model.kernel_size=3",
+        "data.batch_size=32",
+        "optimizer.lr=1e30",
+        "scheduler=none",
+        "callbacks.finite_loss.every_n_steps=1000",
+    )
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at epoch 0, step"):
+        train(cfg)
+    # Found before the first validation and its checkpoints, though never read within the steps.
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
