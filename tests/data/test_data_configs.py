@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixture_overrides import CIFAR_LT, FAST_RUN, IMAGENET, MNIST, NO_DOWNLOAD
 from hydra.utils import instantiate
 
 from hugnc.config import config_dir
@@ -19,39 +20,21 @@ from hugnc.train import train
 
 # Overrides that point each config at the fixtures of `data_root` (never a download).
 FIXTURE = {
-    "cifar10": ["data.download=false"],
-    "cifar100": ["data.download=false"],
-    # 12 (CIFAR-10) / 6 (CIFAR-100) images per class: ratio 2 keeps every class non-empty.
-    "cifar10_lt": ["data.download=false", "data.imb_factor=0.5"],
-    "cifar100_lt": ["data.download=false", "data.imb_factor=0.5"],
-    "fashion_mnist": ["data.download=false"],
-    "fashion_mnist_lt": ["data.download=false"],  # the real data, ratio 100
-    "mnist": ["data.download=false", "data.val_size=10"],
+    "cifar10": NO_DOWNLOAD,
+    "cifar100": NO_DOWNLOAD,
+    "cifar10_lt": CIFAR_LT,
+    "cifar100_lt": CIFAR_LT,
+    "fashion_mnist": NO_DOWNLOAD,
+    "fashion_mnist_lt": NO_DOWNLOAD,  # the real data, ratio 100
+    "mnist": MNIST,
     "mnist5k": [],
-    "imagenet": [
-        "data.num_classes=4",
-        "data.image_size=32",
-        "data.resize_size=36",
-        "data.num_workers=0",
-        "data.pin_memory=false",
-        "data.persistent_workers=false",
-    ],
-    "split_cifar10": ["data.download=false"],
-    "split_cifar100": ["data.download=false"],
-    "split_fashion_mnist": ["data.download=false"],
+    "imagenet": IMAGENET,
+    "split_cifar10": NO_DOWNLOAD,
+    "split_cifar100": NO_DOWNLOAD,
+    "split_fashion_mnist": NO_DOWNLOAD,
 }
-FAST = [
-    "trainer=debug",
-    "logger=none",
-    "~callbacks.progress_bar",
-    # NC metrics and their pictures take seconds per test loop: measured in one case of each kind.
-    "~callbacks.neural_collapse",
-    "model.widths=[8,8,8]",
-    "model.kernel_size=3",
-    "data.batch_size=4",
-    "data.eval_batch_size=4",
-    "optimizer.lr=0.01",
-]
+# NC metrics and their pictures take seconds per test loop: measured in one case of each kind.
+FAST = [*FAST_RUN, "model.widths=[8,8,8]", "model.kernel_size=3"]
 
 
 def test_every_data_config_is_covered() -> None:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from fixture_overrides import CIFAR_LT, FAST_RUN, IMAGENET, MNIST, NO_DOWNLOAD
 
 from hugnc.config import config_dir
 from hugnc.continual import train_continual
@@ -14,44 +15,26 @@ from hugnc.train import train
 
 LOSSES = ["ce", "mhe_hug", "mhs_hug", "mgd_hug"]
 PAPER_WEIGHTS = {"mhe_hug": (0.15, 0.015), "mhs_hug": (0.15, 0.015), "mgd_hug": (0.15, 0.03)}
-# Paper experiment -> overrides pointing it at the fixtures of `data_root`, never a download.
-CIFAR = ["data.download=false"]
-# The fixtures hold 12 (CIFAR-10) / 6 (CIFAR-100) images per class: a ratio of 100 would leave
-# classes empty, so the runs use ratio 2 (the paper ratios are checked on the composed config).
-CIFAR_LT = [*CIFAR, "data.imb_factor=0.5"]
+# Paper experiment -> overrides pointing it at the fixtures of `data_root`, never a download
+# (long-tailed runs use ratio 2; the paper ratios are checked on the composed config).
+CIFAR = NO_DOWNLOAD
 PAPER = {
     "cifar10": CIFAR,
     "cifar10_robustness": CIFAR,
     "cifar100": CIFAR,
     "cifar100_gnc_d64": CIFAR,
     "cifar100_gnc_d128": CIFAR,
-    "mnist_2d": ["data.download=false", "data.val_size=10"],
+    "mnist_2d": MNIST,
     "cifar10_lt_r10": CIFAR_LT,
     "cifar10_lt_r50": CIFAR_LT,
     "cifar10_lt_r100": CIFAR_LT,
     "cifar100_lt_r10": CIFAR_LT,
     "cifar100_lt_r50": CIFAR_LT,
     "cifar100_lt_r100": CIFAR_LT,
-    "imagenet": [
-        "data.num_classes=4",
-        "data.image_size=32",
-        "data.resize_size=36",
-        "data.num_workers=0",
-        "data.pin_memory=false",
-        "data.persistent_workers=false",
-    ],
+    "imagenet": IMAGENET,
     "split_cifar10": CIFAR,
     "split_cifar100": CIFAR,
 }
-FAST = [
-    "trainer=debug",
-    "logger=none",
-    "~callbacks.progress_bar",
-    "~callbacks.neural_collapse",
-    "data.batch_size=4",
-    "data.eval_batch_size=4",
-    "optimizer.lr=0.01",
-]
 
 
 def _config_name(name: str) -> str:
@@ -114,7 +97,7 @@ def test_paper_experiment_runs(
         f"loss={loss}",
         f"data.data_dir={data_dir}",
         *PAPER[name],
-        *FAST,
+        *FAST_RUN,
         config_name=_config_name(name),
     )
     if name.startswith("split_"):
