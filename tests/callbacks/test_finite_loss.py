@@ -11,25 +11,27 @@ import torch
 from hugnc.callbacks import FiniteLossGuard, NonFiniteLossError, finite_loss
 from hugnc.train import train
 
+# lr=1e30 makes the weights (and so the features and the loss) overflow after a few steps.
+DIVERGING_RUN = (
+    "loss=ce",
+    "trainer=cpu",
+    "trainer.max_epochs=3",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=1",
+    "logger=none",
+    "~callbacks.progress_bar",
+    "~callbacks.neural_collapse",
+    "model.widths=[4,4,4]",
+    "model.kernel_size=3",
+    "data.batch_size=32",
+    "optimizer.lr=1e30",
+    "scheduler=none",
+)
+
 
 @pytest.mark.real_data
 def test_diverging_run_stops_with_a_clear_error(compose_cfg) -> None:
-    # lr=1e30 makes the weights (and so the features and the loss) overflow after a few steps.
-    cfg = compose_cfg(
-        "loss=ce",
-        "trainer=cpu",
-        "trainer.max_epochs=3",
-        "+trainer.limit_train_batches=3",
-        "+trainer.limit_val_batches=1",
-        "logger=none",
-        "~callbacks.progress_bar",
-        "~callbacks.neural_collapse",
-        "model.widths=[4,4,4]",
-        "model.kernel_size=3",
-        "data.batch_size=32",
-        "optimizer.lr=1e30",
-        "scheduler=none",
-    )
+    cfg = compose_cfg(*DIVERGING_RUN)
     with pytest.raises(NonFiniteLossError) as error:
         train(cfg)
     message = str(error.value)
@@ -111,22 +113,7 @@ def test_pending_steps_are_read_before_checkpoints_and_at_epoch_ends(monkeypatch
 @pytest.mark.real_data
 def test_deferred_reads_never_checkpoint_a_diverged_model(compose_cfg, monkeypatch) -> None:
     monkeypatch.setattr(finite_loss, "_host_reads_are_free", lambda device: False)
-    cfg = compose_cfg(
-        "loss=ce",
-        "trainer=cpu",
-        "trainer.max_epochs=3",
-        "+trainer.limit_train_batches=3",
-        "+trainer.limit_val_batches=1",
-        "logger=none",
-        "~callbacks.progress_bar",
-        "~callbacks.neural_collapse",
-        "model.widths=[4,4,4]",
-        "model.kernel_size=3",
-        "data.batch_size=32",
-        "optimizer.lr=1e30",
-        "scheduler=none",
-        "callbacks.finite_loss.every_n_steps=1000",
-    )
+    cfg = compose_cfg(*DIVERGING_RUN, "callbacks.finite_loss.every_n_steps=1000")
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at epoch 0, step"):
         train(cfg)
     # Found before the first validation and its checkpoints, though never read within the steps.
