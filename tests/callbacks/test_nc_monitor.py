@@ -9,9 +9,9 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from two_ranks import run_two_ranks
 
 from hugnc.callbacks import (
     NeuralCollapseMonitor,
@@ -206,16 +206,7 @@ def test_two_ranks_get_the_single_process_numbers(tmp_path) -> None:
 
     Rank 1 runs its second pass through the backbone, rank 0 from its cache: they still agree.
     """
-    args = (2, str(tmp_path / "init"), str(tmp_path))
-    child = mp.get_context("spawn").Process(target=_ddp_worker, args=(1, *args))
-    child.start()
-    try:
-        _ddp_worker(0, *args)
-    finally:
-        child.join(timeout=90)
-        if child.is_alive():
-            child.kill()
-    assert child.exitcode == 0
+    run_two_ranks(_ddp_worker, tmp_path, timeout=90)
     single = measure_geometry(TinyModule(), split_loader(TinyDataModule(), "train", 5, 30))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert [r["local"] for r in ranks] == [75, 75]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from two_ranks import run_two_ranks
 
 from hugnc.metrics import PINV_RTOL, NeuralCollapse, optimal_min_angle_deg
 
@@ -330,20 +330,8 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> Non
 
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(tmp_path):
-    """Real torch.distributed sync: rank 0 runs in this process, rank 1 in a spawned one.
-
-    (Only one child, because importing torch + torchmetrics dominates the runtime.)
-    """
-    args = (2, str(tmp_path / "init"), str(tmp_path))
-    child = mp.get_context("spawn").Process(target=_ddp_worker, args=(1, *args))
-    child.start()
-    try:
-        _ddp_worker(0, *args)
-    finally:
-        child.join(timeout=60)
-        if child.is_alive():
-            child.kill()
-    assert child.exitcode == 0
+    """Real torch.distributed sync: rank 0 runs in this process, rank 1 in a spawned one."""
+    run_two_ranks(_ddp_worker, tmp_path, timeout=60)
     h, y, z, w, cm = random_problem(n=700, seed=10)
     whole = run_metric(h, y, z, w, 6, class_means=cm)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
