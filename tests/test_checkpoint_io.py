@@ -16,6 +16,20 @@ import hugnc.checkpoint
 from hugnc.checkpoint import AtomicCheckpointIO, CheckpointWriteError, atomic_torch_save
 from hugnc.train import train
 
+# 3 epochs of 3 steps, each epoch writing its best and its last checkpoint.
+THREE_EPOCHS = (
+    "trainer=cpu",
+    "trainer.max_epochs=3",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=1",
+    "data.train_subset=512",
+    "data.batch_size=64",
+    "logger=none",
+    "test=false",
+    "~callbacks.progress_bar",
+    "~callbacks.neural_collapse",
+)
+
 
 def _fill_disk_after(monkeypatch: pytest.MonkeyPatch, good_saves: int) -> list[int]:
     """Every torch.save after the first ``good_saves`` writes some bytes, then hits ENOSPC."""
@@ -77,18 +91,7 @@ def test_replaces_the_file_in_one_rename(tmp_path: Path) -> None:
 def test_training_stops_clearly_when_the_disk_fills(
     compose_cfg, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = compose_cfg(
-        "trainer=cpu",
-        "trainer.max_epochs=3",
-        "+trainer.limit_train_batches=3",
-        "+trainer.limit_val_batches=1",
-        "data.train_subset=512",
-        "data.batch_size=64",
-        "logger=none",
-        "test=false",
-        "~callbacks.progress_bar",
-        "~callbacks.neural_collapse",
-    )
+    cfg = compose_cfg(*THREE_EPOCHS)
     # Epoch 0 writes its best and its last checkpoint; epoch 1's first write fails.
     _fill_disk_after(monkeypatch, good_saves=2)
     with pytest.raises(CheckpointWriteError, match="No space left on device"):
@@ -133,16 +136,7 @@ def test_command_line_reports_a_full_disk_in_one_line(
             sys.executable,
             "-c",
             FULL_DISK_CLI,
-            "trainer=cpu",
-            "trainer.max_epochs=3",
-            "+trainer.limit_train_batches=3",
-            "+trainer.limit_val_batches=1",
-            "data.train_subset=512",
-            "data.batch_size=64",
-            "logger=none",
-            "test=false",
-            "~callbacks.progress_bar",
-            "~callbacks.neural_collapse",
+            *THREE_EPOCHS,
             f"hydra.run.dir={run_dir}",
         ],
         cwd=tmp_path,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 import math
 
 import matplotlib.pyplot as plt
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from two_ranks import run_two_ranks
@@ -180,24 +178,14 @@ def test_fewer_than_two_classes_is_a_clear_error() -> None:
         measure_geometry(TinyModule(), split_loader(dm, "train"))
 
 
-def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=60),
+def _rank_body(rank: int, world_size: int, out_dir: str) -> None:
+    module = TinyModule()
+    loader = split_loader(TinyDataModule(), "train", 5, 30, rank=rank, world_size=world_size)
+    result = measure_geometry(module, loader, cache_bytes=0 if rank else 2**20)
+    torch.save(
+        {"metrics": result.metrics, "means": result.class_means, "local": len(loader.dataset)},
+        f"{out_dir}/rank{rank}.pt",
     )
-    try:
-        module = TinyModule()
-        loader = split_loader(TinyDataModule(), "train", 5, 30, rank=rank, world_size=world_size)
-        result = measure_geometry(module, loader, cache_bytes=0 if rank else 2**20)
-        torch.save(
-            {"metrics": result.metrics, "means": result.class_means, "local": len(loader.dataset)},
-            f"{out_dir}/rank{rank}.pt",
-        )
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -206,7 +194,7 @@ def test_two_ranks_get_the_single_process_numbers(tmp_path) -> None:
 
     Rank 1 runs its second pass through the backbone, rank 0 from its cache: they still agree.
     """
-    run_two_ranks(_ddp_worker, tmp_path, timeout=90)
+    run_two_ranks(_rank_body, tmp_path, timeout=90)
     single = measure_geometry(TinyModule(), split_loader(TinyDataModule(), "train", 5, 30))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert [r["local"] for r in ranks] == [75, 75]

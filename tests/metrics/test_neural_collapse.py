@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import math
 
 import numpy as np
@@ -306,32 +305,22 @@ def test_merged_shards_equal_one_process():
     assert_metrics_close(shards[0].compute(w), whole, rtol=1e-10)
 
 
-def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=60),
-    )
-    try:
-        h, y, z, w, cm = random_problem(n=700, seed=10)
-        # Uneven shards: rank 0 gets 250 samples, rank 1 the rest.
-        mask = torch.arange(len(h)) < 250
-        mask = mask if rank == 0 else ~mask
-        metric = NeuralCollapse(6, 5, class_means=cm)
-        metric.update(h[mask], y[mask], z[mask])
-        synced = metric.compute(w)
-        local_count = int(metric.class_counts.sum())  # unsynced again after compute
-        torch.save({"synced": synced, "local_count": local_count}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _rank_body(rank: int, world_size: int, out_dir: str) -> None:
+    h, y, z, w, cm = random_problem(n=700, seed=10)
+    # Uneven shards: rank 0 gets 250 samples, rank 1 the rest.
+    mask = torch.arange(len(h)) < 250
+    mask = mask if rank == 0 else ~mask
+    metric = NeuralCollapse(6, 5, class_means=cm)
+    metric.update(h[mask], y[mask], z[mask])
+    synced = metric.compute(w)
+    local_count = int(metric.class_counts.sum())  # unsynced again after compute
+    torch.save({"synced": synced, "local_count": local_count}, f"{out_dir}/rank{rank}.pt")
 
 
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(tmp_path):
     """Real torch.distributed sync: rank 0 runs in this process, rank 1 in a spawned one."""
-    run_two_ranks(_ddp_worker, tmp_path, timeout=60)
+    run_two_ranks(_rank_body, tmp_path, timeout=60)
     h, y, z, w, cm = random_problem(n=700, seed=10)
     whole = run_metric(h, y, z, w, 6, class_means=cm)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
