@@ -10,9 +10,9 @@ from pathlib import Path
 from torch import Tensor
 from torchvision import datasets
 
-from hugnc.data.base import DatasetUnavailableError, try_download
+from hugnc.data.base import DatasetUnavailableError
 from hugnc.data.in_memory import InMemoryImageDataModule
-from hugnc.data.mnist import IDX_FILES, read_idx_dataset
+from hugnc.data.mnist import IDX_FILES, fetch_idx_files, read_idx_dataset
 
 RAW_FILES = IDX_FILES
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -32,10 +32,9 @@ def ensure_fashion_mnist(
         The raw directory.
     """
     raw_dir = Path(root) / "FashionMNIST" / "raw"
-    if all((raw_dir / name).is_file() for name in RAW_FILES):
-        return raw_dir
     debian = Path(debian_dir)
-    if all((debian / f"{name}.gz").is_file() for name in RAW_FILES):
+    complete = all((raw_dir / name).is_file() for name in RAW_FILES)
+    if not complete and all((debian / f"{name}.gz").is_file() for name in RAW_FILES):
         raw_dir.mkdir(parents=True, exist_ok=True)
         for name in RAW_FILES:
             target = raw_dir / name
@@ -45,13 +44,7 @@ def ensure_fashion_mnist(
             with gzip.open(debian / f"{name}.gz", "rb") as src, open(partial, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             partial.replace(target)  # atomic: a killed copy never looks complete
-        return raw_dir
-
-    def _download() -> None:
-        datasets.FashionMNIST(str(root), train=True, download=True)
-        datasets.FashionMNIST(str(root), train=False, download=True)
-
-    download_error = try_download(_download if download else None)
+    download_error = fetch_idx_files(datasets.FashionMNIST, root, download)
     if not download_error:
         return raw_dir
     raise DatasetUnavailableError(

@@ -45,17 +45,26 @@ def read_idx_dataset(
     )
 
 
+def fetch_idx_files(
+    dataset_cls: type[datasets.MNIST], root: str | os.PathLike, download: bool
+) -> str:
+    """Make sure torchvision's raw idx files of ``dataset_cls`` (MNIST, FashionMNIST) are in
+    ``<root>/<class name>/raw``, downloading them if allowed: ``""`` when they are, else why not."""
+    raw_dir = Path(root) / dataset_cls.__name__ / "raw"
+    if all((raw_dir / name).is_file() for name in IDX_FILES):
+        return ""
+
+    def _download() -> None:
+        dataset_cls(str(root), train=True, download=True)
+        dataset_cls(str(root), train=False, download=True)
+
+    return try_download(_download if download else None)
+
+
 def ensure_mnist(root: str | os.PathLike, download: bool = True) -> Path:
     """Make torchvision's raw MNIST files exist under ``<root>/MNIST/raw`` (download if allowed)."""
     raw_dir = Path(root) / "MNIST" / "raw"
-    if all((raw_dir / name).is_file() for name in IDX_FILES):
-        return raw_dir
-
-    def _download() -> None:
-        datasets.MNIST(str(root), train=True, download=True)
-        datasets.MNIST(str(root), train=False, download=True)
-
-    download_error = try_download(_download if download else None)
+    download_error = fetch_idx_files(datasets.MNIST, root, download)
     if not download_error:
         return raw_dir
     raise DatasetUnavailableError(
