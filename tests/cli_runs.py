@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 #: A 1-epoch MHE-HUG run small enough for 2 DDP processes on 2 CPU cores (512 images, batch 128,
-#: no BatchNorm so that DDP and one process see the same statistics), deterministic, no logger:
-#: DDP/one-process/data-path equivalence tests compare the weights it ends with.
+#: no BatchNorm so that DDP and one process see the same statistics, 1000 validation images that
+#: split evenly over 2 ranks), deterministic, no logger: DDP/one-process/data-path equivalence
+#: tests compare the weights and validation metrics it ends with.
 TINY_EQUIVALENCE_RUN = (
     "loss=mhe_hug",
     "loss.beta=1.0",
@@ -27,7 +28,7 @@ TINY_EQUIVALENCE_RUN = (
     "logger=none",
     "scheduler=none",
     "test=false",
-    "+trainer.limit_val_batches=1",
+    "data.val_size=1000",
     "trainer.deterministic=true",
     "~callbacks.progress_bar",
     "~callbacks.neural_collapse",

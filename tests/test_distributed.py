@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -119,3 +120,17 @@ def test_one_ddp_epoch_equals_one_process_on_the_global_batch(
     assert single.keys() == ddp.keys()
     for name, tensor in single.items():
         torch.testing.assert_close(ddp[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    # Epoch metrics are means over both ranks' validation shards: the one-process numbers.
+    metrics = {
+        trainer: json.loads((tmp_path / trainer / "metrics.json").read_text())
+        for trainer in ("cpu", "ddp_cpu")
+    }
+    for name in (
+        "val/acc",
+        "val/loss",
+        "val/loss_intra",
+        "val/loss_inter",
+        "train/loss",
+        "train/acc",
+    ):
+        assert metrics["ddp_cpu"][name] == pytest.approx(metrics["cpu"][name], rel=1e-4), name

@@ -143,9 +143,11 @@ class HUGClassifier(LightningModule):
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         means = sums / sums[-1]
         show = stage != "train"
+        # The means are global already; sync_dist averages equal values (one tiny all-reduce per
+        # epoch) and keeps Lightning from warning that epoch values are per-rank.
         for name, mean in zip(names, means[:-2], strict=True):
-            self.log(f"{stage}/{name}", mean, prog_bar=show and name == "loss", sync_dist=False)
-        self.log(f"{stage}/acc", means[-2], prog_bar=show, sync_dist=False)
+            self.log(f"{stage}/{name}", mean, prog_bar=show and name == "loss", sync_dist=True)
+        self.log(f"{stage}/acc", means[-2], prog_bar=show, sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_means("train")
