@@ -24,6 +24,7 @@ from hugnc.preflight import (
     SKIP_ENV,
     ConfigCheckError,
     check_command_line,
+    checkpoint_problem,
     output_location_problem,
     preflight,
 )
@@ -94,6 +95,12 @@ CLI_TABLE = [
     pytest.param(
         ["+sed=1"], "sed: unknown key (did you mean seed?); the top level takes", id="typo-top"
     ),
+    pytest.param(
+        ["ckpt_path=last"],
+        "checkpoints/last.ckpt (ckpt_path=last looks in this run's own directory",
+        id="ckpt-last-in-a-new-run",
+    ),
+    pytest.param(["ckpt_path=gone.ckpt"], "ckpt_path=gone.ckpt: no such file", id="ckpt-missing"),
     pytest.param(
         ["-m", "loss.alpha=0.1,-1"],
         "sweep job 2 of 2 (loss.alpha=-1): loss.alpha = -1: must be >= 0",
@@ -217,7 +224,8 @@ SHIPPED += [
     ["trainer.max_epochs=-1", "+trainer.limit_train_batches=5", "+trainer.fast_dev_run=true"],
     ["callbacks.neural_collapse.split=val", "callbacks.neural_collapse.max_batches=null"],
     ["~callbacks.progress_bar", "~callbacks.neural_collapse", "scheduler=none", "test=false"],
-    ["+logger.wandb.id=abc123", "+logger.wandb.resume=allow", "ckpt_path=/x/last.ckpt"],
+    # What resume=RUN_DIR turns into (ckpt_path must name an existing file: this one will do).
+    ["+logger.wandb.id=abc123", "+logger.wandb.resume=allow", f"ckpt_path={Path(__file__)}"],
     ["hydra.run.dir=/x", "hydra.job.name=__main___rank1", "hydra.output_subdir=null"],
     ["-m", "loss.alpha=0.1,0.15", "loss.beta=0.015,1.0", "seed=0,1,2"],
 ]
@@ -350,3 +358,18 @@ def test_output_location_problems(tmp_path: Path) -> None:
     assert "is a file" in output_location_problem(tmp_path / "file" / "run")
     if Path("/proc/self").is_dir():  # writable for os.access as root, yet no directory can be made
         assert "cannot create it in /proc" in output_location_problem("/proc/hugnc/run")
+
+
+def test_checkpoint_paths_are_checked_before_the_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "old_run"
+    assert checkpoint_problem(None, run_dir) is None
+    assert checkpoint_problem("best", run_dir) is None  # Lightning's own keyword, for test/fit
+    assert "ckpt_path=last: no " in checkpoint_problem("last", run_dir)
+    assert "resume=RUN_DIR" in checkpoint_problem("last", run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    # hydra.run.dir=OLD ckpt_path=last: continues the old run.
+    assert checkpoint_problem("last", run_dir) is None
+    assert checkpoint_problem(str(run_dir / "checkpoints" / "last.ckpt"), tmp_path) is None
+    missing = tmp_path / "nope.ckpt"
+    assert checkpoint_problem(str(missing), run_dir) == f"ckpt_path={missing}: no such file"

@@ -276,22 +276,54 @@ def output_location_problem(directory: str | Path) -> str | None:
     return None
 
 
-def _check_output_location(cfg: DictConfig, multirun: bool) -> None:
+def _output_directory(cfg: DictConfig, multirun: bool) -> str:
+    """``hydra.run.dir`` (or ``hydra.sweep.dir``), resolved as Hydra will resolve it."""
     from hydra.core.hydra_config import HydraConfig
 
     instance = HydraConfig.instance()
     saved = instance.cfg
     instance.set_config(cfg)
     try:
-        directory = cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir
+        return cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir
     finally:
         instance.cfg = saved
-    problem = output_location_problem(directory)
+
+
+def _check_output_location(cfg: DictConfig, multirun: bool) -> None:
+    problem = output_location_problem(_output_directory(cfg, multirun))
     if problem:
         raise ConfigCheckError(
             f"hugnc: {problem}. Choose another location: paths.log_dir=DIR (or HUGNC_LOG_DIR), "
             f"or hydra.{'sweep' if multirun else 'run'}.dir=DIR"
         )
+
+
+def checkpoint_problem(ckpt_path: str | None, run_dir: str | Path) -> str | None:
+    """Why ``ckpt_path`` of a run in ``run_dir`` names no checkpoint, or ``None``.
+
+    Lightning alone would train from scratch after a warning for ``last`` with nothing to
+    resume, and fail only after setting up the data for a missing file.
+    """
+    if ckpt_path is None or ckpt_path in ("best", "hpc", "registry"):
+        return None
+    if ckpt_path == "last":
+        last = Path(run_dir) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return None
+        return (
+            f"ckpt_path=last: no {last} (ckpt_path=last looks in this run's own directory, "
+            "a new one unless hydra.run.dir says otherwise). To continue a run: "
+            "python -m hugnc resume=RUN_DIR"
+        )
+    if not Path(ckpt_path).is_file():
+        return f"ckpt_path={ckpt_path}: no such file"
+    return None
+
+
+def _check_checkpoint(cfg: DictConfig) -> None:
+    problem = checkpoint_problem(cfg.get("ckpt_path"), _output_directory(cfg, multirun=False))
+    if problem:
+        raise ConfigCheckError(f"hugnc: {problem}")
 
 
 def _report(lines: list[str]) -> str:
@@ -348,6 +380,7 @@ def check_command_line(
                     lines = [f"{p}{_origin(p, cfg, overrides)}" for p in problems]
                     raise ConfigCheckError(_report(lines))
                 _check_output_location(cfg, multirun=False)
+                _check_checkpoint(cfg)
                 return
         master, jobs = composer.sweep_jobs(overrides)
         _check_jobs(composer, master, jobs, config_errors)
