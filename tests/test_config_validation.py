@@ -364,6 +364,8 @@ def test_checkpoint_paths_are_checked_before_the_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "old_run"
     assert checkpoint_problem(None, run_dir) is None
     assert checkpoint_problem("best", run_dir) is None  # Lightning's own keyword, for test/fit
+    for resolved_by_lightning in ("hpc", "registry", "registry:hug-model", "s3://bucket/a.ckpt"):
+        assert checkpoint_problem(resolved_by_lightning, run_dir) is None
     assert "ckpt_path=last: no " in checkpoint_problem("last", run_dir)
     assert "resume=RUN_DIR" in checkpoint_problem("last", run_dir)
     (run_dir / "checkpoints").mkdir(parents=True)

@@ -69,7 +69,6 @@ class HUGClassifier(LightningModule):
             raise ValueError(
                 f"the head has {head.classifier.shape[0]} classes but the data {num_classes}"
             )
-        self.num_classes = num_classes
         # Per stage, the epoch so far: the loss terms' names and [sum over samples of each term,
         # correct predictions, samples] (see _accumulate).
         self._epoch_sums: dict[str, tuple[list[str], Tensor]] = {}

@@ -304,7 +304,11 @@ def checkpoint_problem(ckpt_path: str | None, run_dir: str | Path) -> str | None
     Lightning alone would train from scratch after a warning for ``last`` with nothing to
     resume, and fail only after setting up the data for a missing file.
     """
-    if ckpt_path is None or ckpt_path in ("best", "hpc", "registry"):
+    # Lightning's own keywords ("registry:<name>" too) and remote URLs (s3://, gs://...) are
+    # Lightning's to resolve.
+    if ckpt_path is None or ckpt_path in ("best", "hpc") or "://" in ckpt_path:
+        return None
+    if ckpt_path.lower() == "registry" or ckpt_path.lower().startswith("registry:"):
         return None
     if ckpt_path == "last":
         last = Path(run_dir) / "checkpoints" / "last.ckpt"
