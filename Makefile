@@ -53,3 +53,14 @@ results: install fashion-mnist
 	mkdir -p results
 	nohup $(BIN)/python -m hugnc.tools.results $(RESULTS_ARGS) >> results/results.log 2>&1 &
 	@echo "hugnc-results started in the background; follow it with: tail -f results/results.log"
+
+# The paper-budget stage (README "Does HUG match CE?"): 12 runs of ~19,800 SGD steps, ~4-5 h on 2
+# CPU cores, in the background. Resumable per job: finished jobs (their records in
+# results/paper_budget/, committed) never run again, a killed one continues from its checkpoint.
+# PAPER_BUDGET_ARGS=--commit commits each finished job's record as it finishes.
+PAPER_BUDGET_ARGS ?=
+.PHONY: paper-budget
+paper-budget: install fashion-mnist
+	mkdir -p results
+	nohup $(BIN)/python -m hugnc.tools.results --stages paper_budget --resume $(PAPER_BUDGET_ARGS) >> results/paper_budget.log 2>&1 &
+	@echo "paper_budget started in the background; follow it with: tail -f results/paper_budget.log"

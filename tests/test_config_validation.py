@@ -152,7 +152,10 @@ IN_PROCESS_TABLE = [
     (["optimizer.lr=-0.1"], "optimizer.lr = -0.1: must be > 0"),
     (["matmul_precision=low"], "matmul_precision = 'low': must be one of highest, high, medium"),
     (["retain_host_memory=maybe"], "retain_host_memory = 'maybe': must be"),
-    (["experiment=nope"], "experiment=nope: no such option; experiment is one of quickstart"),
+    (
+        ["experiment=nope"],
+        "experiment=nope: no such option; experiment is one of paper_budget, quickstart",
+    ),
     (["los=ce"], "los: unknown key (did you mean loss?)"),
     (["trainer.max_epoch=3"], "trainer.max_epoch: unknown key (did you mean trainer.max_epochs?)"),
     (["+loss.alpah=1"], "loss.alpah: unknown key (did you mean loss.alpha?)"),

@@ -326,3 +326,47 @@ def sweep_heatmap_figure(
     ax.set_title(f"{metric} over the sweep")
     fig.tight_layout()
     return fig
+
+
+#: Panels of :func:`dynamics_curves_figure`: history key, title, log scale.
+DYNAMICS_PANELS: tuple[tuple[str, str, bool], ...] = (
+    ("weight_norm", "scale-invariant weight norm", False),
+    ("effective_lr", "effective step size lr / ||w||^2", True),
+    ("angular_update_deg", "angle rotated per step (deg)", True),
+    ("feature_grad_norm", "gradient norm reaching the features", True),
+    ("intra_distance", "intra distance to the class's classifier row", False),
+    ("classifier_min_angle_deg", "classifier min pairwise angle (deg)", False),
+)
+
+
+def dynamics_curves_figure(
+    histories: Sequence[dict[str, float]] | dict[str, Sequence[dict[str, float]]], title: str = ""
+) -> Figure:
+    """Training dynamics (``TrainingDynamicsMonitor``'s history) against optimizer steps.
+
+    Args:
+        histories: one run's history (a list of per-epoch dicts with ``"step"`` and the
+            :data:`DYNAMICS_PANELS` keys), or ``{label: history}`` to compare runs in each panel.
+    """
+    runs = histories if isinstance(histories, dict) else {"": histories}
+    if not any(runs.values()):
+        raise ValueError("dynamics_curves_figure needs at least one epoch")
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for ax, (key, panel_title, log_scale) in zip(axes.flat, DYNAMICS_PANELS, strict=True):
+        for label, history in runs.items():
+            steps = np.array([entry["step"] for entry in history], dtype=float)
+            values = np.array(
+                [np.nan if entry.get(key) is None else entry[key] for entry in history],
+                dtype=float,
+            )
+            if np.isfinite(values).any():
+                ax.plot(steps, values, marker="o", ms=2, label=label or None)
+        if log_scale and ax.get_lines():
+            ax.set_yscale("log")
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_xlabel("optimizer step")
+        if len(runs) > 1 and ax.get_lines():
+            ax.legend(fontsize=7)
+    fig.suptitle(title or "training dynamics (scale-invariant backbone weights)")
+    fig.tight_layout()
+    return fig

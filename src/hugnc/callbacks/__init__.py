@@ -1,4 +1,5 @@
-"""Lightning callbacks: NC/GNC metrics with geometry pictures, adversarial robustness."""
+"""Lightning callbacks: NC/GNC metrics with geometry pictures, training dynamics, adversarial
+robustness, finite-loss guard, preemption checkpoints."""
 
 from hugnc.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from hugnc.callbacks.neural_collapse import (
@@ -14,6 +15,7 @@ from hugnc.callbacks.neural_collapse import (
 )
 from hugnc.callbacks.preemption import PreemptedError, PreemptionCheckpoint
 from hugnc.callbacks.robustness import AdversarialRobustness
+from hugnc.callbacks.training_dynamics import TrainingDynamicsMonitor, save_dynamics
 
 __all__ = [
     "AdversarialRobustness",
@@ -24,10 +26,12 @@ __all__ = [
     "NotEnoughClassesError",
     "PreemptedError",
     "PreemptionCheckpoint",
+    "TrainingDynamicsMonitor",
     "compute_class_means",
     "log_keys",
     "measure_geometry",
     "save_curves",
+    "save_dynamics",
     "save_figures",
     "split_loader",
 ]

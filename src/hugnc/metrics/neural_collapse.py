@@ -102,10 +102,11 @@ def optimal_min_angle_deg(num_classes: int, dim: int) -> float:
     return float("nan")
 
 
-def _angle_deg_from_sq_distance(sq_dist: Tensor) -> float:
-    """Angle in degrees of unit vectors at squared chordal distance ``sq_dist`` (atan2: exact)."""
+def angle_deg_from_sq_distance(sq_dist: Tensor) -> Tensor:
+    """Angle in degrees of unit vectors at squared chordal distance ``sq_dist`` (atan2: exact;
+    a tensor, so callers on an accelerator decide when to read it)."""
     sq_dist = sq_dist.clamp(0.0, 4.0)
-    return math.degrees(2.0 * torch.atan2(sq_dist.sqrt(), (4.0 - sq_dist).sqrt()).item())
+    return torch.rad2deg(2.0 * torch.atan2(sq_dist.sqrt(), (4.0 - sq_dist).sqrt()))
 
 
 def _etf_distance(vectors: Tensor) -> Tensor:
@@ -126,9 +127,9 @@ def _uniformity(prefix: str, vectors: Tensor) -> dict[str, float]:
     return {
         f"gnc_{prefix}_energy": riesz_energy(vectors, 2.0).item(),
         f"gnc_{prefix}_log_energy": riesz_energy(vectors, 0.0).item(),
-        f"gnc_{prefix}_min_angle_deg": _angle_deg_from_sq_distance(
+        f"gnc_{prefix}_min_angle_deg": angle_deg_from_sq_distance(
             min_pairwise_sq_distance(vectors)
-        ),
+        ).item(),
         f"gnc_{prefix}_gram_logdet": gaussian_gram_logdet(vectors).item(),
         f"gnc_{prefix}_log_kernel_variance": pairwise_log_kernel_variance(vectors).item(),
     }
@@ -328,4 +329,4 @@ class NeuralCollapse(Metric):
         return out
 
 
-__all__ = ["PINV_RTOL", "NeuralCollapse", "optimal_min_angle_deg"]
+__all__ = ["PINV_RTOL", "NeuralCollapse", "angle_deg_from_sq_distance", "optimal_min_angle_deg"]

@@ -50,6 +50,7 @@ from omegaconf import OmegaConf
 
 from hugnc.config import config_dir
 from hugnc.plots import sweep_heatmap_figure
+from hugnc.tools import paper_budget
 from hugnc.tools.report import (
     GroupSummary,
     JobResult,
@@ -87,6 +88,8 @@ FEATURE_DIMS = (2, 64)
 #: feature_dim of the LT and continual stages.
 SIDE_DIM = 64
 STAGES = ("tune", "main", "lt", "continual")
+#: Stages run only when named (hours, not part of the default table): hugnc.tools.paper_budget.
+SEPARATE_STAGES = ("paper_budget",)
 SELECTION_METRIC = "val/acc"
 ROBUST_PREFIX = "test/robust_acc/"
 ROBUST_OVERRIDES = (
@@ -722,10 +725,16 @@ def write_settings(out: Path, stages: Sequence[Stage]) -> None:
 
 def _parse_stages(text: Sequence[str]) -> list[str]:
     names = [name for item in text for name in item.split(",") if name]
-    unknown = [name for name in names if name not in STAGES]
+    unknown = [name for name in names if name not in STAGES + SEPARATE_STAGES]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown stage(s) {unknown}; choose from {STAGES}")
-    return [name for name in STAGES if name in names]
+        raise argparse.ArgumentTypeError(
+            f"unknown stage(s) {unknown}; choose from {STAGES + SEPARATE_STAGES}"
+        )
+    if any(name in SEPARATE_STAGES for name in names) and len(set(names)) > 1:
+        raise argparse.ArgumentTypeError(
+            f"{SEPARATE_STAGES} run on their own: --stages paper_budget, then the others"
+        )
+    return [name for name in STAGES + SEPARATE_STAGES if name in names]
 
 
 def _prepare_out(args: argparse.Namespace, options: Options) -> Path:
@@ -774,6 +783,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--logger", default="csv", help="logger config (csv | none | wandb)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")
+    budget = parser.add_argument_group("paper_budget stage")
+    budget.add_argument(
+        "--record",
+        default=str(paper_budget.DEFAULT_RECORD),
+        help=f"where finished jobs' small outputs go (default {paper_budget.DEFAULT_RECORD})",
+    )
+    budget.add_argument(
+        "--commit", action="store_true", help="git-commit each finished job's record at once"
+    )
+    budget.add_argument("--only", help="comma-separated job names, e.g. ce_d64_s0,mhe_hug_d64_s0")
     args = parser.parse_args(argv)
     try:
         stage_names = _parse_stages(args.stages)
@@ -783,6 +802,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     if not seeds:
         parser.error("--seeds needs at least one seed")
+    if stage_names == ["paper_budget"]:
+        return _run_paper_budget(args, parser)
     options = Options(args.epochs, seeds, args.quick, args.robustness, args.logger)
 
     stages = [s for s in build_stages(options, {}) if s.name in stage_names]
@@ -834,6 +855,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unfinished stages {unfinished}: continue with hugnc-results --resume --out {out}")
         return 1
     return 0
+
+
+def _run_paper_budget(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``--stages paper_budget``: its own jobs, run directories and committed record."""
+    try:
+        jobs = paper_budget.plan([n for n in (args.only or "").split(",") if n])
+    except ValueError as error:
+        parser.error(str(error))
+    out = Path(args.out) if args.out else paper_budget.DEFAULT_OUT
+    record = Path(args.record)
+    recorded = [job.name for job in jobs if paper_budget.is_recorded(record, job)]
+    estimate = paper_budget.job_estimate_s() * (len(jobs) - len(recorded))
+    print(
+        f"hugnc-results plan: paper_budget {len(jobs)} jobs ({len(recorded)} recorded), "
+        f"~{_minutes(estimate)} for the rest (2 CPU cores, quiet machine)",
+        flush=True,
+    )
+    if args.dry_run:
+        return 0
+    if not args.resume and (out.exists() or recorded):
+        parser.error(
+            f"{out if out.exists() else record} holds an earlier paper_budget run; nothing was "
+            "changed. Continue it with --resume (finished jobs are kept, killed ones continue "
+            "from their last checkpoint), or choose another --out and --record"
+        )
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    return paper_budget.run(jobs, out, record, env, quick=args.quick, commit_records=args.commit)
 
 
 if __name__ == "__main__":
