@@ -152,6 +152,8 @@ IN_PROCESS_TABLE = [
     (["optimizer.lr=-0.1"], "optimizer.lr = -0.1: must be > 0"),
     (["matmul_precision=low"], "matmul_precision = 'low': must be one of highest, high, medium"),
     (["retain_host_memory=maybe"], "retain_host_memory = 'maybe': must be"),
+    (["trainer=ddp", "compile=true"], "compile = true: torch.compile does not combine with"),
+    (["data.on_device=maybe"], "data.on_device = 'maybe': must be one of 'auto' or true or false"),
     (
         ["experiment=nope"],
         "experiment=nope: no such option; experiment is one of paper_budget, quickstart",

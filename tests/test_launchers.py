@@ -85,3 +85,19 @@ def test_sweep_through_submitit_local_executor(tmp_path: Path, fashion_mnist_dir
     for job in ("0", "1"):
         assert '"status": "completed"' in (sweep / job / "metrics.json").read_text()
     assert list((sweep / ".submitit").iterdir())  # submitit ran the jobs in their own processes
+
+
+def test_slurm_with_ddp_auto_devices_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``trainer=ddp`` has devices=auto, which SLURM cannot allocate: refused before anything
+    is submitted or written, with the fix (the composed sbatch of a numeric count is above)."""
+    from hugnc.preflight import ConfigCheckError, check_command_line
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigCheckError) as info:
+        check_command_line(["-m", "hydra/launcher=slurm", "trainer=ddp", "seed=0,1"])
+    message = str(info.value)
+    assert "trainer.devices = 'auto'" in message and "trainer.devices=4" in message
+    assert list(tmp_path.iterdir()) == []
+    check_command_line(["-m", "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=2"])

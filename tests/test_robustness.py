@@ -308,3 +308,32 @@ def test_attack_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
         attack_main([str(tmp_path), "--eps", "eight"])
     assert exit_info.value.code == 2
     assert "--eps" in capsys.readouterr().err
+
+
+@pytest.mark.real_data
+def test_attacks_under_float16_autocast_match_float32(
+    trained: HUGClassifier, datamodule: FashionMNISTDataModule
+) -> None:
+    """16-mixed runs the evaluation under float16 autocast without loss scaling: input gradients
+    that small underflow to zero in float16 and FGSM/PGD would stall. A model with logits scaled
+    down (same predictions, gradients ~1e-5 x smaller) shows it: attacks must still run in float32.
+    """
+    import copy
+
+    model = copy.deepcopy(trained)
+    with torch.no_grad():
+        for parameter in model.head.parameters():
+            parameter.mul_(1e-5)
+        if hasattr(model.head, "scale"):
+            model.head.scale = model.head.scale * 1e-5
+    specs = parse_attacks(["fgsm"], eps=0.1, alpha=0.02)
+    batches = list(split_loader(datamodule, "test", max_batches=1))
+
+    def half() -> torch.autocast:
+        return torch.autocast("cpu", dtype=torch.float16)
+
+    reference = robust_accuracy(model, batches, specs, *FASHION_STATS)
+    mixed = robust_accuracy(model, batches, specs, *FASHION_STATS, forward_context=half)
+    assert reference.robust_acc("fgsm") < reference.clean_acc - 0.1
+    assert abs(mixed.clean_acc - reference.clean_acc) <= 0.01
+    assert abs(mixed.robust_acc("fgsm") - reference.robust_acc("fgsm")) <= 0.02

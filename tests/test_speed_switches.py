@@ -39,6 +39,10 @@ def test_trainer_configs_set_speed_defaults(
     assert cfg.trainer.precision == precision
     assert cfg.channels_last is channels_last
     assert cfg.compile is False
+    gpu = trainer in ("gpu", "ddp")
+    # GPU trainers: data on the device where the datamodule can hold it, cuDNN autotuning.
+    assert cfg.data.on_device == ("auto" if gpu else False)
+    assert cfg.trainer.get("benchmark", None) is (True if gpu else None)
     # The global-package trainer configs still give Lightning a complete Trainer config.
     assert cfg.trainer._target_ == "lightning.Trainer" and cfg.trainer.max_epochs == 200
 
@@ -145,3 +149,12 @@ def test_compiled_backbone_trains_and_keeps_checkpoint_keys(compose_cfg) -> None
         torch.testing.assert_close(
             compiled.eval()(batch), plain.eval()(batch), rtol=1e-4, atol=1e-4
         )
+
+
+def test_on_device_auto_is_the_device_path_where_the_datamodule_has_one(tmp_path) -> None:
+    from hugnc.data import FashionMNISTDataModule, ImageNetDataModule
+
+    assert FashionMNISTDataModule(str(tmp_path), on_device="auto").on_device is True
+    assert ImageNetDataModule(str(tmp_path), on_device="auto").on_device is False
+    with pytest.raises(ValueError, match="no on-device data path"):
+        ImageNetDataModule(str(tmp_path), on_device=True)

@@ -253,6 +253,44 @@ def _checked(cfg: DictConfig, added: list[str], cheap_only: bool = False) -> lis
         instance.cfg = saved
 
 
+def slurm_devices_problem(cfg: DictConfig) -> Problem | None:
+    """``hydra/launcher=slurm`` asks SLURM for ``trainer.devices`` GPUs and tasks per node, so it
+    must be a number: ``auto`` (``trainer=ddp``'s default) is unknown on the submitting node."""
+    target = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    if not target.endswith("SlurmLauncher"):
+        return None
+    devices = OmegaConf.select(cfg, "trainer.devices", default=None)
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+        return None
+    return Problem(
+        "trainer.devices",
+        "hydra/launcher=slurm needs the number of GPUs per node (SLURM allocates them and starts "
+        "one DDP rank per GPU); give it, e.g. trainer.devices=4",
+        devices,
+    )
+
+
+def compile_sync_batchnorm_problem(cfg: DictConfig) -> Problem | None:
+    """``compile=true`` with ``trainer.sync_batchnorm=true`` is refused: every SyncBatchNorm layer
+    all-reduces its batch statistics inside the forward, which torch.compile cannot keep in one
+    graph (a graph break and a collective per layer), so compiling buys nothing there."""
+    if not (cfg.get("compile", False) and OmegaConf.select(cfg, "trainer.sync_batchnorm")):
+        return None
+    return Problem(
+        "compile",
+        "torch.compile does not combine with trainer.sync_batchnorm=true (SyncBatchNorm's "
+        "all-reduce breaks the compiled graph at every layer); use compile=false, or "
+        "trainer.sync_batchnorm=false (per-GPU batch statistics)",
+        True,
+    )
+
+
+def combination_problems(cfg: DictConfig) -> list[Problem]:
+    """Values that are valid alone but not together (checked before Hydra starts)."""
+    checks = (slurm_devices_problem, compile_sync_batchnorm_problem)
+    return [problem for check in checks if (problem := check(cfg)) is not None]
+
+
 def output_location_problem(directory: str | Path) -> str | None:
     """Why the run/sweep directory could not be created and written, or ``None``.
 
@@ -379,7 +417,10 @@ def check_command_line(
                     raise
                 multirun = True
             else:
-                problems = _checked(cfg, composer.added_keys(cfg, overrides))
+                problems = [
+                    *combination_problems(cfg),
+                    *_checked(cfg, composer.added_keys(cfg, overrides)),
+                ]
                 if problems:
                     lines = [f"{p}{_origin(p, cfg, overrides)}" for p in problems]
                     raise ConfigCheckError(_report(lines))
@@ -413,7 +454,8 @@ def _check_jobs(
     # The cheap checks of every job first: a bad value in the last job fails without imports.
     for cheap_only in (True, False):
         for job, cfg, added in configs:
-            for problem in _checked(cfg, added, cheap_only):
+            combined = combination_problems(cfg) if cheap_only else []
+            for problem in [*combined, *_checked(cfg, added, cheap_only)]:
                 line = f"{problem}{_origin(problem, cfg, job.overrides)}"
                 found.setdefault(line, []).append(job)
         if found:

@@ -367,7 +367,8 @@ def robust_accuracy(
         specs: attacks (:func:`parse_attacks`).
         mean, std: the images' normalization (:func:`normalization_stats`).
         device: where to compute; default the module's device.
-        forward_context: context around every forward (e.g. Lightning's precision context).
+        forward_context: context around the clean and adversarial evaluations (e.g. Lightning's
+            precision context); the attacks themselves run in float32 (autocast off).
     """
     # eval() on the wrapper too: torchattacks puts a model that was in training mode back into
     # training mode after each attack (BatchNorm would then use batch statistics).
@@ -397,7 +398,10 @@ def robust_accuracy(
                 pixels = to_pixels(images, mean, std)
                 for spec, attack in attacks:
                     start = _now(device)
-                    with forward_context():
+                    # The attack's input gradients in float32 whatever the training precision:
+                    # under float16 autocast (16-mixed, no loss scaling here) they underflow to
+                    # zero, the attack stalls and robust accuracy is over-reported.
+                    with torch.autocast(device_type=device.type, enabled=False):
                         adversarial = attack(images, targets)
                     with torch.no_grad():
                         with forward_context():

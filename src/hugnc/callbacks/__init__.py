@@ -14,6 +14,7 @@ from hugnc.callbacks.neural_collapse import (
     split_loader,
 )
 from hugnc.callbacks.preemption import PreemptedError, PreemptionCheckpoint
+from hugnc.callbacks.progress import SyncFreeProgressBar
 from hugnc.callbacks.robustness import AdversarialRobustness
 from hugnc.callbacks.training_dynamics import TrainingDynamicsMonitor, save_dynamics
 
@@ -26,6 +27,7 @@ __all__ = [
     "NotEnoughClassesError",
     "PreemptedError",
     "PreemptionCheckpoint",
+    "SyncFreeProgressBar",
     "TrainingDynamicsMonitor",
     "compute_class_means",
     "log_keys",

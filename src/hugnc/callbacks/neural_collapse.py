@@ -219,7 +219,7 @@ class _ClassSums(Metric):
 
     def update(self, features: Tensor, targets: Tensor) -> None:
         targets = targets.to(self.counts.device, torch.long)
-        self.counts += torch.bincount(targets, minlength=self.num_classes)
+        self.counts.index_add_(0, targets, torch.ones_like(targets))  # no host sync
         self.sums.index_add_(0, targets, features.to(self.sums.device, torch.float64))
 
     def compute(self) -> Tensor:

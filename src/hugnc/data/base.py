@@ -10,7 +10,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning import LightningDataModule
@@ -115,7 +115,8 @@ class ImageDataModule(LightningDataModule):
         num_workers, pin_memory, persistent_workers: DataLoader settings.
         on_device: hold the whole dataset on the training device and cut, augment and normalize
             batches there (:mod:`hugnc.data.on_device`); only datamodules with
-            ``supports_on_device`` (the in-memory datasets) have this path.
+            ``supports_on_device`` (the in-memory datasets) have this path. ``"auto"``: this path
+            where the datamodule has it, else the DataLoader (the GPU trainers' default).
     """
 
     #: Name in messages.
@@ -142,9 +143,11 @@ class ImageDataModule(LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        on_device: bool = False,
+        on_device: bool | Literal["auto"] = False,
     ) -> None:
         super().__init__()
+        if on_device == "auto":
+            on_device = self.supports_on_device
         if on_device and not self.supports_on_device:
             raise ValueError(
                 f"{self.dataset_name} has no on-device data path (data.on_device=true): it exists "

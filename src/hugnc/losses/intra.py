@@ -12,7 +12,7 @@ def intra_class_distance(features: Tensor, proxies: Tensor, targets: Tensor) -> 
 
     ``(1/|C_B|) sum_{c in C_B} (1/n_c) sum_{i: y_i = c} ||x_i - sg(u_c)||_2`` where C_B are the
     classes present in the batch. Vectorized: each sample is weighted by ``1 / (n_{y_i} |C_B|)``,
-    which needs no boolean indexing (and so no host-device sync on GPUs).
+    which needs no boolean indexing and no host-device sync on GPUs.
 
     Args:
         features: ``[B, d]`` backbone features, any norm.
@@ -26,6 +26,9 @@ def intra_class_distance(features: Tensor, proxies: Tensor, targets: Tensor) -> 
     unit_proxies = F.normalize(proxies.detach().to(unit_features.dtype), dim=1)
     # vector_norm's backward is defined as 0 at a zero difference (a feature exactly on its proxy).
     distances = torch.linalg.vector_norm(unit_features - unit_proxies[targets], dim=1)
-    class_counts = torch.bincount(targets, minlength=proxies.shape[0])
+    # scatter_add_, not bincount: bincount reads the labels' min and max back to the host (two
+    # device syncs per step on GPUs).
+    class_counts = torch.zeros(proxies.shape[0], dtype=distances.dtype, device=targets.device)
+    class_counts.scatter_add_(0, targets, torch.ones_like(distances))
     num_present = (class_counts > 0).sum()
     return (distances / class_counts[targets]).sum() / num_present

@@ -5,10 +5,14 @@ normalized class means or classifier rows, the GNC metrics. All functions take *
 vectors ``[K, d]`` and normalize them first, so gradients are tangent to the sphere.
 
 Computation happens in at least float32 (bf16/fp16 inputs are upcast) because the Riesz energy
-and the Gram log-determinant overflow or lose all precision in half precision.
+and the Gram log-determinant overflow or lose all precision in half precision, and the Gram's
+matmuls in full float32 even where TF32 is allowed (:func:`full_float32_matmul`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +37,23 @@ def unit_vectors(vectors: Tensor) -> Tensor:
     return F.normalize(_at_least_float32(vectors), dim=-1)
 
 
+@contextmanager
+def full_float32_matmul() -> Iterator[None]:
+    """float32 matmuls inside run in full float32 whatever ``torch.set_float32_matmul_precision``
+    says. ``matmul_precision: high`` lets cuBLAS round their inputs to TF32 (10-bit mantissa) on
+    Ampere and newer GPUs, which at d = 2 turns HUG's proxy gradients elsewhere; the K x K Gram is
+    tiny, so exactness costs nothing measurable."""
+    previous = torch.get_float32_matmul_precision()
+    if previous == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 class _Gram(torch.autograd.Function):
     """``unit @ unit.T`` whose backward is one matmul, ``(g + g^T) @ unit``, instead of autograd's
     two (``g @ unit`` and ``g^T @ unit``): the Gram matmuls dominate the inter terms at large K."""
@@ -40,12 +61,13 @@ class _Gram(torch.autograd.Function):
     @staticmethod
     def forward(ctx, unit: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(unit)
-        return unit @ unit.mT
+        with full_float32_matmul():
+            return unit @ unit.mT
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
         (unit,) = ctx.saved_tensors
-        with torch.autocast(device_type=unit.device.type, enabled=False):
+        with torch.autocast(device_type=unit.device.type, enabled=False), full_float32_matmul():
             return (grad + grad.mT).to(unit.dtype) @ unit
 
 

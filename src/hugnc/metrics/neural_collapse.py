@@ -238,7 +238,8 @@ class NeuralCollapse(Metric):
             targets = targets.detach().to(device=device, dtype=torch.long)
             units = F.normalize(feats, dim=1)
 
-            self.class_counts += torch.bincount(targets, minlength=self.num_classes)
+            # index_add_, not bincount (which syncs with the host twice per call on GPUs).
+            self.class_counts.index_add_(0, targets, torch.ones_like(targets))
             self.class_feature_sums.index_add_(0, targets, feats)
             self.class_unit_sums.index_add_(0, targets, units)
             self.second_moment += feats.T @ feats
