@@ -16,23 +16,23 @@ from torch import Tensor
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather along dim 0 whose backward returns this rank's slice of the summed gradient.
 
-    Every rank computes the same loss on the gathered batch; summing the gradient over ranks and
-    DDP's averaging of parameter gradients then give exactly the single-process gradient. Written
-    with all_gather/all_reduce only, so it works on gloo (CPU) as well as NCCL.
+    Every rank computes the same loss on the gathered batch (same samples, same synchronized
+    parameters), so the gradient reaching the gathered tensor is the same on every rank and its sum
+    over ranks is ``world_size`` times it: the backward scales this rank's slice instead of
+    all-reducing (no collective in the backward). DDP's averaging of parameter gradients then gives
+    exactly the single-process gradient. Works on gloo (CPU) as well as NCCL.
     """
 
     @staticmethod
     def forward(ctx: Any, tensor: Tensor) -> Tensor:
         pieces = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(pieces, tensor.contiguous())
-        ctx.rank, ctx.size = dist.get_rank(), tensor.shape[0]
+        ctx.rank, ctx.size, ctx.world = dist.get_rank(), tensor.shape[0], len(pieces)
         return torch.cat(pieces)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size] * ctx.world
 
 
 def gather_batch(tensor: Tensor) -> Tensor:

@@ -64,6 +64,8 @@ class _Trainer:
     def __init__(self) -> None:
         self.current_epoch, self.global_step = 0, 0
         self.checkpoint_callback = SimpleNamespace(last_model_path="/runs/x/checkpoints/last.ckpt")
+        # One process: Lightning's single-device strategy returns the tensor as it is.
+        self.strategy = SimpleNamespace(reduce=lambda tensor, reduce_op: tensor)
 
 
 def _step(guard: FiniteLossGuard, trainer: _Trainer, loss: float) -> None:
@@ -118,3 +120,49 @@ def test_deferred_reads_never_checkpoint_a_diverged_model(compose_cfg, monkeypat
         train(cfg)
     # Found before the first validation and its checkpoints, though never read within the steps.
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def _nan_on_rank_1_body(rank: int, world_size: int, out_dir: str) -> None:
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as dist
+
+    from hugnc.callbacks import FiniteLossGuard, NonFiniteLossError
+
+    def reduce(tensor, reduce_op):
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=getattr(dist.ReduceOp, reduce_op.upper()))
+        return tensor
+
+    trainer = SimpleNamespace(
+        strategy=SimpleNamespace(reduce=reduce),
+        current_epoch=0,
+        global_step=0,
+        checkpoint_callback=None,
+    )
+    guard = FiniteLossGuard(every_n_steps=1)
+    stopped_at, message = None, ""
+    for step in range(6):
+        trainer.global_step = step + 1
+        loss = float("nan") if (rank == 1 and step == 3) else 1.0
+        try:
+            guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, step)
+        except NonFiniteLossError as error:
+            stopped_at, message = step, str(error)
+            break
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps([stopped_at, message]))
+
+
+def test_nan_on_one_ddp_rank_stops_every_rank_at_that_step(tmp_path) -> None:
+    import json
+
+    from two_ranks import run_two_ranks
+
+    run_two_ranks(_nan_on_rank_1_body, tmp_path, timeout=60)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [step for step, _ in results] == [3, 3]
+    assert "loss=nan" in results[1][1] and "on another DDP rank" in results[0][1]
+    assert all("step 4 (batch 3)" in message for _, message in results)

@@ -29,7 +29,8 @@ class FiniteLossGuard(Callback):
     slows small models markedly), so each step's loss terms stay on the device, in a list, and
     are read together every ``every_n_steps`` steps, before any checkpoint is written and at the
     end of each epoch: the first bad step is still the one reported, found at most
-    ``every_n_steps - 1`` steps later, and no checkpoint is written after it.
+    ``every_n_steps - 1`` steps later, and no checkpoint is written after it. Under DDP the ranks
+    agree on the earliest bad step of any rank (one small all-reduce per read) and all stop there.
 
     Args:
         every_n_steps: on accelerators, steps between reads (1: every step, as on the CPU).
@@ -61,13 +62,21 @@ class FiniteLossGuard(Callback):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        losses = torch.stack([values[0] for _, values in pending]).cpu()  # one device read
-        bad = (~torch.isfinite(losses)).nonzero()
-        if len(bad) == 0:
+        losses = torch.stack([values[0] for _, values in pending])
+        # Index of this rank's first bad step (len(pending) if none), then the earliest over all
+        # DDP ranks: every rank reaches this check at the same steps, so all of them stop at the
+        # same one instead of the others waiting in a collective for the rank that raised.
+        positions = torch.arange(len(pending), device=losses.device)
+        first = torch.where(torch.isfinite(losses), len(pending), positions).min()
+        first = int(trainer.strategy.reduce(first, reduce_op="min"))  # one device read
+        if first == len(pending):
             return
-        (epoch, step, batch_idx, names), values = pending[int(bad[0, 0])]
-        pairs = zip(names, values.tolist(), strict=True)
-        terms = ", ".join(f"{name}={value:.4g}" for name, value in pairs)
+        (epoch, step, batch_idx, names), values = pending[first]
+        if bool(torch.isfinite(values[0])):
+            terms = "on another DDP rank (its log has the loss terms)"
+        else:
+            pairs = zip(names, values.tolist(), strict=True)
+            terms = ", ".join(f"{name}={value:.4g}" for name, value in pairs)
         detected = pending[-1][0][1]
         late = f" (read at step {detected})" if detected != step else ""
         checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none yet"
