@@ -27,9 +27,43 @@ def test_help_lists_config_groups(tmp_path: Path) -> None:
         "loss: ce, mgd_hug, mhe_hug, mhs_hug",
         "trainer:",
         "logger: csv, none, wandb",
-        "experiment: quickstart",
+        "experiment: paper_budget, quickstart",
     ):
         assert group in result.stdout
+    # hugnc's own header first: what it does, the first commands, the README sections.
+    assert result.stdout.startswith("hugnc: train image classifiers with the Hyperspherical")
+    assert "powered by Hydra" not in result.stdout
+    assert "python -m hugnc loss=mgd_hug data=cifar10_lt" in result.stdout
+    assert "README.md sections:" in result.stdout
+
+
+def test_start_line_says_what_runs_and_first_epoch_projects_the_time(
+    tmp_path: Path, fashion_mnist_dir: Path
+) -> None:
+    result = run_cli(
+        "loss=mgd_hug",
+        "logger=csv",
+        "trainer.max_epochs=3",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "test=false",
+        "~callbacks.neural_collapse",
+        cwd=tmp_path,
+        env={"HUGNC_DATA_DIR": str(fashion_mnist_dir)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    (start,) = [line for line in output.splitlines() if " - run: " in line]
+    for part in (
+        "Fashion-MNIST (55,000 training images)",
+        "LeNetPlusPlus d=2",
+        "MGD-HUG (alpha=0.15, beta=0.03)",
+        "3 epochs x 2 steps = 6 steps",
+        "cpu, precision 32-true",
+    ):
+        assert part in start, start
+    (projection,) = [line for line in output.splitlines() if "first epoch took" in line]
+    assert "for the 2 epochs left (until ~" in projection
 
 
 def test_cfg_job_shows_composed_overrides(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ FIXTURE = {
     "split_fashion_mnist": NO_DOWNLOAD,
 }
 # NC metrics and their pictures take seconds per test loop: measured in one case of each kind.
-FAST = [*FAST_RUN, "model.widths=[8,8,8]", "model.kernel_size=3"]
+FAST = [*FAST_RUN, "model=lenet_pp", "model.widths=[8,8,8]", "model.kernel_size=3"]
 
 
 def test_every_data_config_is_covered() -> None:

@@ -16,6 +16,7 @@ from hugnc.callbacks.neural_collapse import (
 from hugnc.callbacks.preemption import PreemptedError, PreemptionCheckpoint
 from hugnc.callbacks.progress import SyncFreeProgressBar
 from hugnc.callbacks.robustness import AdversarialRobustness
+from hugnc.callbacks.run_summary import RunSummary
 from hugnc.callbacks.training_dynamics import TrainingDynamicsMonitor, save_dynamics
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "NotEnoughClassesError",
     "PreemptedError",
     "PreemptionCheckpoint",
+    "RunSummary",
     "SyncFreeProgressBar",
     "TrainingDynamicsMonitor",
     "compute_class_means",

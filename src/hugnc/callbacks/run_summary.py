@@ -1,0 +1,82 @@
+"""One line at the start of a fit saying what will run, and the projected wall time after its
+first epoch (Lightning's progress bar shows the epoch, not the whole run)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime, timedelta
+
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger("hugnc")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def describe_criterion(criterion: object) -> str:
+    """``MHE-HUG (alpha=0.15, beta=0.015)``, ``CE (label_smoothing=0.0)``..."""
+    variant = getattr(criterion, "variant", None)
+    if variant is not None:
+        return f"{variant.upper()}-HUG (alpha={criterion.alpha:g}, beta={criterion.beta:g})"
+    smoothing = getattr(criterion, "label_smoothing", 0.0)
+    return "CE" + (f" (label_smoothing={smoothing:g})" if smoothing else "")
+
+
+class RunSummary(Callback):
+    """Logs (rank 0) ``hugnc: run: <data> | <model> d=<d> | <loss> | <epochs> x <steps> steps |
+    <device> <precision>`` when fit starts, and the projected wall time when the first epoch of
+    this process ends (epochs left x that epoch's time, validation included)."""
+
+    def __init__(self) -> None:
+        self._epoch_start: float | None = None
+        self._projected = False
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        datamodule = trainer.datamodule
+        data = getattr(datamodule, "dataset_name", type(datamodule).__name__)
+        counts = getattr(datamodule, "class_counts", None)
+        images = sum(counts) if counts else None
+        epochs = trainer.max_epochs
+        total = f"{epochs} epochs"
+        # Builds the training loader if it is not yet (as a step-based LR schedule does).
+        steps = trainer.estimated_stepping_batches
+        if math.isfinite(steps) and epochs and epochs > 0:
+            total += f" x {int(steps) // epochs} steps = {int(steps):,} steps"
+        backbone = pl_module.backbone
+        device = trainer.strategy.root_device.type
+        devices = f"{trainer.num_devices} x {device}" if trainer.num_devices > 1 else device
+        parts = [
+            f"{data}" + (f" ({images:,} training images)" if images else ""),
+            f"{type(backbone).__name__} d={backbone.feature_dim}",
+            describe_criterion(pl_module.criterion),
+            total,
+            f"{devices}, precision {trainer.precision}",
+        ]
+        log.info("run: " + " | ".join(parts))
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._epoch_start is None:
+            self._epoch_start = time.monotonic()
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._projected or self._epoch_start is None or trainer.sanity_checking:
+            return
+        self._projected = True
+        seconds = time.monotonic() - self._epoch_start
+        left = max(trainer.max_epochs - trainer.current_epoch - 1, 0)
+        finish = datetime.now() + timedelta(seconds=seconds * left)
+        log.info(
+            f"first epoch took {_duration(seconds)}; projected {_duration(seconds * left)} "
+            f"for the {left} epochs left (until ~{finish:%Y-%m-%d %H:%M})"
+        )
