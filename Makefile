@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hugnc-installed
 DEBIAN_FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test install fashion-mnist lint bench clean-logs
+.PHONY: demo test install fashion-mnist lint bench clean-logs gpu-check
 
 install: $(STAMP)
 
@@ -43,6 +43,12 @@ bench: install
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_training.py
+
+# The GPU paths in one table (syncs per step, TF32, img/s, losses, a quickstart epoch): a few
+# minutes on one GPU (README "GPU check"); GPU_CHECK_ARGS="--device cpu --quick" smoke-runs it.
+GPU_CHECK_ARGS ?=
+gpu-check: install fashion-mnist
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # The README's Fashion-MNIST results table (~90 min on 2 CPU cores), in the background; not part of
 # `make test`. A new results/<date>_<time>/ each time; continue a killed run with

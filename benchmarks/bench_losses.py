@@ -147,15 +147,18 @@ def bench_loss_table(
     variants: tuple[str, ...] = VARIANTS,
     min_run_time: float = 1.0,
     seed: int = 0,
+    device: str = "cpu",
 ) -> list[Row]:
-    """Time hugnc, the per-class loop and the Gram floor (fwd+bwd, CPU float32) side by side."""
+    """Time hugnc, the per-class loop and the Gram floor (fwd+bwd, float32 on ``device``) side
+    by side (Timer synchronizes CUDA around each measurement)."""
     rows = []
     for num in num_classes:
         gen = torch.Generator().manual_seed(seed + num)
-        features = torch.randn(batch_size, dim, generator=gen).requires_grad_()
+        features = torch.randn(batch_size, dim, generator=gen).to(device).requires_grad_()
         bound = 1.0 / dim**0.5
-        proxies = ((2 * torch.rand(num, dim, generator=gen) - 1) * bound).requires_grad_()
-        targets = torch.randint(0, num, (batch_size,), generator=gen)
+        proxies = ((2 * torch.rand(num, dim, generator=gen) - 1) * bound).to(device)
+        proxies.requires_grad_()
+        targets = torch.randint(0, num, (batch_size,), generator=gen).to(device)
 
         floor_ms = _time_ms(_fwd_bwd(partial(_gram_floor, proxies), (proxies,)), min_run_time)
         for variant in variants:

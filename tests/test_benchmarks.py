@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,3 +41,23 @@ def test_training_benchmark_prints_every_row_and_verdict() -> None:
     assert "(2)/(1) step time" in out and "95% CI" in out
     assert "(3)/(2) img/s" in out
     assert "data path alone, ms per batch" in out
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_on_the_cpu() -> None:
+    """`make gpu-check` on the CPU (--quick): every section prints, the sync count passes."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "1. syncs per training step" in out and "[ok]" in out.split("2. ")[0]
+    assert "2. TF32 vs float32" in out
+    for loss in ("ce", "mhe_hug", "mhs_hug", "mgd_hug"):
+        assert f"  {loss} " in out
+    assert "4. HUG loss fwd+bwd, cpu float32" in out
+    assert "5. experiment=quickstart trainer=cpu, 1 epoch end to end: test acc" in out

@@ -79,3 +79,50 @@ def test_config_switch_reaches_the_allocator(compose_cfg, monkeypatch, retain: b
 @pytest.mark.parametrize("trainer", ["default", "cpu", "gpu", "ddp", "ddp_cpu", "debug"])
 def test_every_trainer_retains_host_memory_by_default(compose_cfg, trainer: str) -> None:
     assert compose_cfg(f"trainer={trainer}").retain_host_memory is True
+
+
+# A DataLoader worker forked from a process that retains freed memory: the worker's own cycles.
+WORKER_CYCLES = """
+import json, resource, sys, torch
+from torch.utils.data import DataLoader, Dataset
+from hugnc.data.base import init_loader_worker
+from hugnc.host_memory import retain_freed_host_memory
+
+class Cycles(Dataset):
+    def __len__(self):
+        return 1
+    def __getitem__(self, index):
+        def cycle():
+            tensor = torch.ones(16 * 2**20)
+            del tensor
+        for _ in range(10):
+            cycle()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(20):
+            cycle()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+retain_freed_host_memory()
+init = init_loader_worker if sys.argv[1] == "release" else None
+loader = DataLoader(Cycles(), batch_size=None, num_workers=1, worker_init_fn=init)
+print(json.dumps({"faults": int(next(iter(loader)))}))
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="the setting acts on glibc's malloc only")
+def test_loader_workers_do_not_keep_their_peak_heap() -> None:
+    def worker_faults(mode: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", WORKER_CYCLES, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        return json.loads(done.stdout.strip().splitlines()[-1])["faults"]
+
+    pages_per_cycle = 64 * 2**20 // 4096
+    # Inherited: the worker retains freed memory too (no faults) ...
+    assert worker_faults("inherit") < pages_per_cycle
+    # ... released by hugnc's worker set-up: freed memory goes back to the OS every cycle.
+    assert worker_faults("release") >= 20 * pages_per_cycle * 0.9

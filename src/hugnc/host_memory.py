@@ -35,6 +35,36 @@ _M_MMAP_THRESHOLD = -3
 _NEVER = 2**31 - 1
 
 
+#: glibc's defaults (malloc.h): 128 KiB for both thresholds.
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+
+
+def _mallopt():
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    mallopt = libc.mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return mallopt
+
+
+def _is_glibc() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def release_freed_host_memory() -> bool:
+    """Undo :func:`retain_freed_host_memory` in this process: glibc's default thresholds, freed
+    memory goes back to the OS. For processes forked from a training process that must not keep
+    their peak heap (DataLoader workers: 8 workers x 8 ranks of ImageNet would each hold theirs).
+    Returns whether the setting took effect (``False`` off glibc)."""
+    if not _is_glibc():
+        return False
+    mallopt = _mallopt()
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        and mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+    )
+
+
 def retain_freed_host_memory() -> bool:
     """Make glibc's malloc reuse freed memory instead of unmapping it (see the module doc).
 
@@ -42,13 +72,10 @@ def retain_freed_host_memory() -> bool:
     before the first large allocations). Returns whether the setting took effect: ``False`` on
     non-glibc systems (macOS, Windows, musl), where the system allocator is left as it is.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _is_glibc():
         log.info("host memory: not glibc (%s), the system allocator is kept", platform.system())
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    mallopt = libc.mallopt
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
+    mallopt = _mallopt()
     # Both or nothing: a high mmap threshold with trimming on would give memory back at the heap
     # top and fault it in again, the cost this removes.
     if not mallopt(_M_TRIM_THRESHOLD, _NEVER):

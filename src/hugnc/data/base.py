@@ -14,15 +14,27 @@ from typing import Any, Literal
 
 import torch
 from lightning import LightningDataModule
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from hugnc.data.long_tail import long_tail_counts, sample_per_class
 from hugnc.data.on_device import DeviceBatchLoader
+from hugnc.host_memory import release_freed_host_memory
 
 #: Seconds a download may wait on a silent network before it gives up (no hanging retries).
 DOWNLOAD_TIMEOUT = 20.0
+
+
+def init_loader_worker(worker_id: int) -> None:
+    """DataLoader worker set-up: Lightning's worker seeding (as it would install without a
+    ``worker_init_fn`` of ours), and the C library's default allocator: a worker inherits the
+    training process's ``retain_host_memory`` setting with the fork, and would keep its peak
+    heap for the whole run."""
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        pl_worker_init_function(worker_id)
+    release_freed_host_memory()
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -293,6 +305,7 @@ class ImageDataModule(LightningDataModule):
             sampler=sampler,
             drop_last=False,
             collate_fn=getattr(dataset, "collate_fn", None),
+            worker_init_fn=init_loader_worker,
             **self.loader_options,
         )
 
