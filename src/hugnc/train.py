@@ -87,7 +87,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
             metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
     except SIGTERMException as error:
-        preempted = next((c.saved for c in callbacks if getattr(c, "saved", None)), None)
+        saver = next((c for c in callbacks if getattr(c, "saved", None)), None)
+        preempted = saver.saved if saver is not None else None
+        if saver is not None:
+            saver.ignore_further_signals()
         status = {"status": "preempted", "checkpoint": preempted.checkpoint} if preempted else {}
         write_status(output_dir, status or {"status": "failed", "error": "SIGTERMException"})
         close_loggers(loggers, failed=True)

@@ -147,3 +147,70 @@ def test_sigterm_mid_epoch_then_resume_completes(tmp_path: Path, fashion_mnist_d
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
     assert torch.load(last, weights_only=False)["global_step"] == 800
+
+
+DDP_RUN = [
+    "loss=mhe_hug",
+    "loss.beta=1.0",
+    "trainer=ddp_cpu",
+    "trainer.max_epochs=2",
+    "data.train_subset=6400",
+    "data.batch_size=32",
+    "model=lenet_pp",
+    "model.widths=[8,16,16]",
+    "model.kernel_size=3",
+    "+trainer.limit_val_batches=2",
+    "test=false",
+    "logger=csv",
+    "~callbacks.progress_bar",
+    "~callbacks.neural_collapse",
+    "~callbacks.training_dynamics",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+@pytest.mark.parametrize("both", [False, True], ids=["rank0_only", "both_ranks_apart"])
+def test_ddp_sigterm_stops_every_rank_at_one_step_and_resumes(
+    tmp_path: Path, fashion_mnist_dir: Path, both: bool
+) -> None:
+    """2 gloo ranks: SIGTERM to rank 0 only, or to rank 1 then rank 0 0.3 s later (as srun
+    signals its tasks): both exit 143 within 60 s, last.ckpt loads, resume finishes."""
+    import psutil
+
+    run_dir = tmp_path / "run"
+    proc = start_hugnc(
+        *DDP_RUN,
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        data_dir=fashion_mnist_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    wait_for_file(proc, last, timeout=600)  # epoch 1 (200 steps) done: now in epoch 2
+    time.sleep(0.5)
+    (rank1,) = [
+        child
+        for child in psutil.Process(proc.pid).children(recursive=True)
+        if "hugnc" in " ".join(child.cmdline())
+    ]
+    sent = time.monotonic()
+    if both:
+        rank1.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    rank1.wait(timeout=60)  # gone too (its exit status goes to rank 0, its parent)
+    assert time.monotonic() - sent < 60, output
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert output.count("SIGTERM received at epoch 1") == 1, output[-3000:]
+    step = torch.load(last, weights_only=False)["global_step"]
+    assert 200 < step < 400, step  # saved mid-epoch 2, once, at the step all ranks agreed on
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "preempted"
+
+    resumed = run_hugnc(f"resume={run_dir}", cwd=tmp_path, data_dir=fashion_mnist_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    assert torch.load(last, weights_only=False)["global_step"] == 400

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -44,9 +45,10 @@ class PreemptedError(SIGTERMException):
 class PreemptionCheckpoint(Callback):
     """On one of ``signals``, save ``<dirpath>/<filename>.ckpt`` at the next batch end and stop.
 
-    Under DDP the signal may reach rank 0 only: Lightning broadcasts its SIGTERM flag before every
-    batch and raises on all ranks, and the checkpoint is saved collectively from
-    :meth:`on_exception`. Under SLURM with Lightning's auto-requeue, SIGUSR1 stays Lightning's
+    Under DDP the ranks agree at every batch end (a signal on any rank stops all of them at the
+    same batch; srun signals every task, a little apart) and the checkpoint is saved once,
+    collectively, from :meth:`on_exception`; the handler itself runs no collective. Under SLURM
+    with Lightning's auto-requeue, SIGUSR1 stays Lightning's
     (it saves an ``hpc_ckpt`` and requeues the job).
 
     Args:
@@ -67,12 +69,17 @@ class PreemptionCheckpoint(Callback):
         #: Set once the checkpoint is written: ``hugnc.train`` reports the run as preempted.
         self.saved: PreemptedError | None = None
         self._previous: dict[signal.Signals, Any] = {}
+        #: Per signal, the handlers called after ours: the previous ones but Lightning's.
+        self._chained: dict[signal.Signals, list[Any]] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        # Only a flag here: no collective inside a signal handler. Lightning's own SIGTERM handler
+        # broadcasts from it, at whatever point of its collective sequence each rank is (NCCL
+        # may pair it with a gradient all-reduce: a hang or garbage); the ranks agree at the
+        # next batch end instead (on_train_batch_end).
         self.received = signal.Signals(signum)
-        previous = self._previous.get(self.received)
-        if callable(previous):
-            previous(signum, frame)
+        for handler in self._chained.get(self.received, ()):
+            handler(signum, frame)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Lightning installs its SIGTERM handler after on_fit_start and restores the process's
@@ -81,31 +88,50 @@ class PreemptionCheckpoint(Callback):
             return
         environment = trainer._accelerator_connector.cluster_environment
         slurm_requeue = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+        connector = trainer._signal_connector
         for signum in self.signals:
             if slurm_requeue and signum == environment.requeue_signal:
                 continue
-            self._previous[signum] = signal.getsignal(signum)
+            previous = signal.getsignal(signum)
+            self._previous[signum] = previous
+            # Lightning composes its notifier with the handlers it found (e.g. submitit's):
+            # keep those, drop Lightning's own (its broadcast is what must not run here).
+            handlers = getattr(previous, "signal_handlers", [previous])
+            self._chained[signum] = [
+                h for h in handlers if callable(h) and getattr(h, "__self__", None) is not connector
+            ]
             signal.signal(signum, self._handle)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore()
 
+    def ignore_further_signals(self) -> None:
+        """After a preemption was saved: the process is stopping, further preemption signals
+        (the other tasks' copies, a scheduler's repeat) must not kill it with their default
+        action before it has written its status and exited with ``128 + signum``."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signals:
+                signal.signal(signum, signal.SIG_IGN)
+
     def _restore(self) -> None:
         if threading.current_thread() is threading.main_thread():
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler)
-        self._previous = {}
+        self._previous, self._chained = {}, {}
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.received is None:
-            return
         if trainer.world_size > 1:
-            # Lightning's per-batch broadcast stops every rank; make a non-SIGTERM signal count.
-            trainer._signal_connector.received_sigterm = True
+            # Every rank, every batch: did any rank get a signal? (One one-element all-reduce
+            # and read per step, as Lightning's own per-batch SIGTERM broadcast costs.) Then
+            # Lightning's flag is set on every rank and all raise at the end of this batch.
+            flag = torch.tensor([0 if self.received is None else 1], device=pl_module.device)
+            if int(trainer.strategy.reduce(flag, reduce_op="max").item()):
+                trainer._signal_connector.received_sigterm = True
             return
-        raise SIGTERMException()
+        if self.received is not None:
+            raise SIGTERMException()
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
@@ -116,7 +142,8 @@ class PreemptionCheckpoint(Callback):
         # trainer.save_checkpoint writes a temporary file and renames it: a kill during the save
         # leaves the previous last.ckpt whole.
         trainer.save_checkpoint(self.path)
-        self._restore()
+        # Our handler stays until Lightning's teardown puts the process's own handlers back: a
+        # second signal meanwhile (srun signals every task, a little apart) is only recorded.
         rank_zero_info(
             f"{signum.name} received at epoch {trainer.current_epoch}, step "
             f"{trainer.global_step}: checkpoint saved to {self.path}. Continue with "

@@ -40,8 +40,8 @@ class RunSummary(Callback):
         self._epoch_start: float | None = None
         self._projected = False
 
-    @rank_zero_only
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Every rank: building the training loader below may synchronize the ranks.
         datamodule = trainer.datamodule
         data = getattr(datamodule, "dataset_name", type(datamodule).__name__)
         counts = getattr(datamodule, "class_counts", None)
@@ -62,7 +62,8 @@ class RunSummary(Callback):
             total,
             f"{devices}, precision {trainer.precision}",
         ]
-        log.info("run: " + " | ".join(parts))
+        if trainer.is_global_zero:
+            log.info("run: " + " | ".join(parts))
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._epoch_start is None:
