@@ -33,9 +33,10 @@ print(json.dumps({"took": took, "faults": after - before}))
 """
 
 
-def _page_faults(mode: str) -> dict:
+def _page_faults(mode: str, script: str = ALLOCATION_CYCLES) -> dict:
+    """Run ``script`` (one of the cycle scripts here) with ``mode``; its JSON report."""
     done = subprocess.run(
-        [sys.executable, "-c", ALLOCATION_CYCLES, mode],
+        [sys.executable, "-c", script, mode],
         capture_output=True,
         text=True,
         check=True,
@@ -112,14 +113,7 @@ print(json.dumps({"faults": int(next(iter(loader)))}))
 @pytest.mark.skipif(not GLIBC, reason="the setting acts on glibc's malloc only")
 def test_loader_workers_do_not_keep_their_peak_heap() -> None:
     def worker_faults(mode: str) -> int:
-        done = subprocess.run(
-            [sys.executable, "-c", WORKER_CYCLES, mode],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-        return json.loads(done.stdout.strip().splitlines()[-1])["faults"]
+        return _page_faults(mode, WORKER_CYCLES)["faults"]
 
     pages_per_cycle = 64 * 2**20 // 4096
     # Inherited: the worker retains freed memory too (no faults) ...

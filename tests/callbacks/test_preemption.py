@@ -100,36 +100,47 @@ def test_unknown_signal_name_is_rejected(tmp_path: Path) -> None:
         PreemptionCheckpoint(str(tmp_path), signals=("SIGTREM",))
 
 
-@pytest.mark.slow
-@pytest.mark.real_data
-def test_sigterm_mid_epoch_then_resume_completes(tmp_path: Path, fashion_mnist_dir: Path) -> None:
-    common = [
-        "loss=mhe_hug",
-        "loss.beta=1.0",
-        "trainer=cpu",
-        "trainer.max_epochs=2",
-        "data.train_subset=12800",
-        "data.batch_size=32",
-        "model.widths=[8,16,16]",
-        "model.kernel_size=3",
-        "+trainer.limit_val_batches=2",
-        "test=false",
-        "logger=csv",
-        "~callbacks.progress_bar",
-        "~callbacks.neural_collapse",
-    ]
-    run_dir = tmp_path / "run"
+#: A 2-epoch run of a tiny LeNet++ (32 images per step) that the signal tests interrupt.
+SMALL_RUN = [
+    "loss=mhe_hug",
+    "loss.beta=1.0",
+    "trainer.max_epochs=2",
+    "data.batch_size=32",
+    "model=lenet_pp",
+    "model.widths=[8,16,16]",
+    "model.kernel_size=3",
+    "+trainer.limit_val_batches=2",
+    "test=false",
+    "logger=csv",
+    "~callbacks.progress_bar",
+    "~callbacks.neural_collapse",
+]
+
+
+def _run_into_epoch_2(
+    overrides: list[str], run_dir: Path, data_dir: Path
+) -> tuple[subprocess.Popen, Path]:
+    """Start ``python -m hugnc`` into ``run_dir`` and return once epoch 1's last.ckpt exists."""
     proc = start_hugnc(
-        *common,
+        *overrides,
         f"hydra.run.dir={run_dir}",
-        cwd=tmp_path,
-        data_dir=fashion_mnist_dir,
+        cwd=run_dir.parent,
+        data_dir=data_dir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
-    wait_for_file(proc, last)  # epoch 1 (400 steps) finished: now in epoch 2
+    wait_for_file(proc, last, timeout=600)
+    return proc, last
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_sigterm_mid_epoch_then_resume_completes(tmp_path: Path, fashion_mnist_dir: Path) -> None:
+    common = [*SMALL_RUN, "trainer=cpu", "data.train_subset=12800"]
+    run_dir = tmp_path / "run"
+    proc, last = _run_into_epoch_2(common, run_dir, fashion_mnist_dir)  # epoch 1: 400 steps
     time.sleep(1.0)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -149,23 +160,7 @@ def test_sigterm_mid_epoch_then_resume_completes(tmp_path: Path, fashion_mnist_d
     assert torch.load(last, weights_only=False)["global_step"] == 800
 
 
-DDP_RUN = [
-    "loss=mhe_hug",
-    "loss.beta=1.0",
-    "trainer=ddp_cpu",
-    "trainer.max_epochs=2",
-    "data.train_subset=6400",
-    "data.batch_size=32",
-    "model=lenet_pp",
-    "model.widths=[8,16,16]",
-    "model.kernel_size=3",
-    "+trainer.limit_val_batches=2",
-    "test=false",
-    "logger=csv",
-    "~callbacks.progress_bar",
-    "~callbacks.neural_collapse",
-    "~callbacks.training_dynamics",
-]
+DDP_RUN = [*SMALL_RUN, "trainer=ddp_cpu", "data.train_subset=6400", "~callbacks.training_dynamics"]
 
 
 @pytest.mark.slow
@@ -179,17 +174,7 @@ def test_ddp_sigterm_stops_every_rank_at_one_step_and_resumes(
     import psutil
 
     run_dir = tmp_path / "run"
-    proc = start_hugnc(
-        *DDP_RUN,
-        f"hydra.run.dir={run_dir}",
-        cwd=tmp_path,
-        data_dir=fashion_mnist_dir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    wait_for_file(proc, last, timeout=600)  # epoch 1 (200 steps) done: now in epoch 2
+    proc, last = _run_into_epoch_2(DDP_RUN, run_dir, fashion_mnist_dir)  # epoch 1: 200 steps
     time.sleep(0.5)
     (rank1,) = [
         child

@@ -307,6 +307,25 @@ def test_ddp_ranks_together_make_the_single_process_batches(
     assert not set(positions[0].tolist()) & set(positions[1].tolist())
 
 
+@pytest.mark.parametrize("on_device", [True, False])
+def test_ddp_evaluation_counts_every_test_sample_once(
+    data_root: Path, cifar_md5_ignored, on_device: bool
+) -> None:
+    """N % world_size != 0: the ranks' test loaders together hold each test sample exactly once
+    (a padding sampler would repeat some, and test/acc, test/nc/* would count them twice)."""
+    world = 3
+    shares = []
+    for rank in range(world):
+        datamodule = _cifar(data_root, batch_size=12, on_device=on_device)
+        datamodule.trainer = _fake_trainer(rank=rank, world_size=world)
+        targets = [batch[1] for batch in datamodule.test_dataloader()]
+        shares.append(torch.cat(targets))
+    test_targets = datamodule.test_set.targets
+    assert len(test_targets) % world != 0
+    assert sum(len(share) for share in shares) == len(test_targets)
+    assert sorted(torch.cat(shares).tolist()) == sorted(test_targets.tolist())
+
+
 def test_drop_last_keeps_full_batches_only() -> None:
     dataset = TensorImageDataset(
         torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10), (0.0,), (1.0,)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from lightning import LightningDataModule
 from lightning.fabric.utilities.seed import pl_worker_init_function
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
@@ -290,8 +291,15 @@ class ImageDataModule(LightningDataModule):
         :class:`~hugnc.data.on_device.DeviceBatchLoader` giving the same order.
         """
         sampler = None
+        trainer = self.trainer
+        if not train and trainer is not None and trainer.world_size > 1:
+            # Lightning would give evaluation loaders a padding DistributedSampler: with N not a
+            # multiple of the world size, some test samples would count twice in test/acc and
+            # test/nc/*. Each sample goes to exactly one rank instead.
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
         if train:
-            trainer = self.trainer
             sampler = DistributedSampler(
                 dataset,
                 num_replicas=trainer.world_size if trainer is not None else 1,

@@ -55,6 +55,9 @@ class EpochShardSampler(Sampler[int]):
         seed: with the epoch, seeds the permutation (``seed + epoch``, same on every rank).
         rank, world_size: this rank's share: every ``world_size``-th position from ``rank``.
         device: where :meth:`positions` puts the positions.
+        pad: repeat the first positions so every rank gets ``ceil(N / world_size)`` (training:
+            the ranks must step together); ``False`` for evaluation, where padding would count
+            some samples twice: each position then goes to exactly one rank.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class EpochShardSampler(Sampler[int]):
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str = "cpu",
+        pad: bool = True,
     ) -> None:
         if size < 1:
             raise ValueError(f"cannot sample from an empty dataset (size {size})")
@@ -76,6 +80,7 @@ class EpochShardSampler(Sampler[int]):
         self.rank = rank
         self.world_size = world_size
         self.device = torch.device(device)
+        self.pad = pad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -83,18 +88,23 @@ class EpochShardSampler(Sampler[int]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        """Samples of this rank per epoch: ``ceil(N / world_size)``, the same on every rank."""
-        return math.ceil(self.size / self.world_size)
+        """Samples of this rank per epoch: ``ceil(N / world_size)`` on every rank with ``pad``,
+        else this rank's own share (one fewer on the last ranks when N % world_size != 0)."""
+        if self.pad:
+            return math.ceil(self.size / self.world_size)
+        return len(range(self.rank, self.size, self.world_size))
 
     def positions(self) -> Tensor:
-        """This rank's positions of the epoch, int64 ``[ceil(N / world_size)]`` on ``device``."""
+        """This rank's positions of the epoch, int64 ``[len(self)]`` on ``device``."""
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.arange(self.size)
         total = len(self) * self.world_size
-        if total > self.size:  # pad with the first indices (repeated if needed), as DDP does
+        if (
+            self.pad and total > self.size
+        ):  # pad with the first indices (repeated if needed), as DDP does
             order = order.repeat(math.ceil(total / self.size))[:total]
         return order[self.rank :: self.world_size].to(self.device)
 
@@ -143,8 +153,9 @@ class DeviceBatchLoader:
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.collate_fn = dataset.collate_fn
+        # Evaluation (no shuffle) is not padded: each sample counts once in test/acc, test/nc/*.
         self.sampler = EpochShardSampler(
-            len(dataset), shuffle, seed, rank, world_size, device=dataset.device
+            len(dataset), shuffle, seed, rank, world_size, device=dataset.device, pad=shuffle
         )
         if drop_last and len(self) == 0:
             raise ValueError(

@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 
 from hugnc.config import config_dir
 from hugnc.plots import dynamics_curves_figure
+from hugnc.tools.logged_run import run_logged
 
 LOSSES = ("ce", "mhe_hug", "mhs_hug", "mgd_hug")
 LOSS_LABELS = {"ce": "CE", "mhe_hug": "MHE-HUG", "mhs_hug": "MHS-HUG", "mgd_hug": "MGD-HUG"}
@@ -208,13 +209,15 @@ def _read_curves(path: Path) -> list[dict[str, float]]:
 FINAL_DYNAMICS = ("intra_distance", "effective_lr", "weight_norm", "classifier_min_angle_deg")
 
 
-def _mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+def _mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2, kind: str = "f") -> str:
+    """``mean ± std`` (sample std) of ``values`` times ``scale``; ``kind`` "g": significant
+    digits (for values spanning decades, such as the effective step size)."""
     if not values:
         return "-"
     mean = float(np.mean(values)) * scale
     if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {float(np.std(values, ddof=1)) * scale:.{digits}f}"
+        return f"{mean:.{digits}{kind}}"
+    return f"{mean:.{digits}{kind}} ± {float(np.std(values, ddof=1)) * scale:.{digits}{kind}}"
 
 
 def write_summary(record: Path) -> list[Path]:
@@ -253,7 +256,10 @@ def write_summary(record: Path) -> list[Path]:
                     str(max(steps)) if steps else "-",
                     _mean_std([m["test/acc"] for m in metrics], 100.0),
                     _mean_std(train_acc, 100.0),
-                    *(_mean_std([f[k] for f in finals if k in f], 1.0, 4) for k in FINAL_DYNAMICS),
+                    *(
+                        _mean_std([f[k] for f in finals if k in f], 1.0, 3, "g")
+                        for k in FINAL_DYNAMICS
+                    ),
                     _mean_std([m["wall_s"] / 60 for m in metrics if "wall_s" in m], 1.0, 0),
                 ]
             )
@@ -422,12 +428,7 @@ def run(
             command = job_command(job, run_dir, quick)
             started = time.monotonic()
             print(f"[paper_budget] {job.name}: {' '.join(command[2:])}", flush=True)
-            with (out / f"{job.name}.log").open("a") as log:
-                log.write("$ " + " ".join(command) + "\n")
-                log.flush()
-                code = subprocess.run(
-                    command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False
-                ).returncode
+            code = run_logged(command, out / f"{job.name}.log", env)
             wall_s = time.monotonic() - started
             if code in INTERRUPTED_EXIT:
                 print(

@@ -36,7 +36,6 @@ import csv
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -51,6 +50,7 @@ from omegaconf import OmegaConf
 from hugnc.config import config_dir
 from hugnc.plots import sweep_heatmap_figure
 from hugnc.tools import paper_budget
+from hugnc.tools.logged_run import run_logged
 from hugnc.tools.report import (
     GroupSummary,
     JobResult,
@@ -434,12 +434,7 @@ def run_stage(stage: Stage, out: Path, env: dict[str, str]) -> tuple[bool, float
         flush=True,
     )
     start = time.monotonic()
-    with log_path.open("a") as log:
-        log.write("$ " + " ".join(command) + "\n")
-        log.flush()
-        returncode = subprocess.run(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False
-        ).returncode
+    returncode = run_logged(command, log_path, env)
     elapsed = time.monotonic() - start
     finished = stage_finished(stage_dir, stage.expected_jobs)
     try:
