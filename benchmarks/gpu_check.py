@@ -102,15 +102,14 @@ def check_syncs(device: torch.device, data_dir: Path, steps: int) -> str:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         probe = _SyncsPerStep(counter, caught)
-        _with_extra_callback(cfg, probe)
         if device.type == "cuda":
             torch.cuda.set_sync_debug_mode("warn")
         try:
             if counter is not None:
                 with counter:
-                    train(cfg)
+                    train(cfg, extra_callbacks=[probe])
             else:
-                train(cfg)
+                train(cfg, extra_callbacks=[probe])
         finally:
             if device.type == "cuda":
                 torch.cuda.set_sync_debug_mode(0)
@@ -123,20 +122,6 @@ def check_syncs(device: torch.device, data_dir: Path, steps: int) -> str:
         f"{len(others)} ordinary steps; {sum(probe.per_step[s] for s in documented)} in the "
         f"{len(documented)} documented every-N steps  [{'ok' if worst == 0 else 'FAIL'}]"
     )
-
-
-def _with_extra_callback(cfg, callback: Callback) -> None:
-    """Make ``train(cfg)`` add ``callback`` (the config builds the others)."""
-    import hugnc.train as train_module
-
-    original = getattr(train_module, "_instantiate_all_original", train_module.instantiate_all)
-    train_module._instantiate_all_original = original
-
-    def instantiate_all(group):
-        made = original(group)
-        return [*made, callback] if group is not None and "finite_loss" in group else made
-
-    train_module.instantiate_all = instantiate_all
 
 
 def check_tf32(device: torch.device) -> list[str]:

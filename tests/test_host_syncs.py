@@ -67,15 +67,6 @@ def test_training_steps_read_nothing_from_the_device(
     monkeypatch.setattr(finite_loss, "_host_reads_are_free", lambda device: False)
     counter = SyncCounter()
     per_step = PerStep(counter)
-    import hugnc.train as train_module
-
-    real_instantiate_all = train_module.instantiate_all
-
-    def with_counter(group):
-        made = real_instantiate_all(group)
-        return [*made, per_step] if group is not None and "finite_loss" in group else made
-
-    monkeypatch.setattr(train_module, "instantiate_all", with_counter)
     cfg = compose_cfg(
         f"loss={loss}",
         "logger=csv",
@@ -91,7 +82,7 @@ def test_training_steps_read_nothing_from_the_device(
         "model.widths=[4,8,8]",
     )
     with counter:
-        train(cfg)
+        train(cfg, extra_callbacks=[per_step])
     assert len(per_step.per_step) == 60
     documented = {s for s in per_step.per_step if s % LOG_EVERY == 0 or s % READ_EVERY == 0}
     syncing = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -58,8 +59,10 @@ def build_module(cfg: DictConfig, input_shape: tuple[int, int, int]) -> HUGClass
     )
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
     """Train, then test on the best checkpoint (or the last weights); return the final metrics.
+
+    ``extra_callbacks`` join the configured ones (probes of tests and benchmarks).
 
     ``<output_dir>/metrics.json`` gets the metrics and ``"status": "completed"``, or
     ``"status": "failed"`` and the error if anything raised (sweep reports list failed jobs).
@@ -72,7 +75,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         configure_process(cfg)
         datamodule: LightningDataModule = instantiate(cfg.data)
         module = build_module(cfg, datamodule.input_shape)
-        callbacks = instantiate_all(cfg.get("callbacks"))
+        callbacks = [*instantiate_all(cfg.get("callbacks")), *extra_callbacks]
         loggers = instantiate_all(cfg.get("logger"))
         trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         for logger in loggers:

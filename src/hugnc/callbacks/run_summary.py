@@ -32,9 +32,9 @@ def describe_criterion(criterion: object) -> str:
 
 
 class RunSummary(Callback):
-    """Logs (rank 0) ``hugnc: run: <data> | <model> d=<d> | <loss> | <epochs> x <steps> steps |
-    <device> <precision>`` when fit starts, and the projected wall time when the first epoch of
-    this process ends (epochs left x that epoch's time, validation included)."""
+    """Logs (rank 0) ``run: <data> | <model> d=<d> | <loss> | <epochs> x <steps> steps |
+    <device>, precision <precision>`` when fit starts, and the projected wall time when the
+    first epoch of this process ends (epochs left x that epoch's time, validation included)."""
 
     def __init__(self) -> None:
         self._epoch_start: float | None = None

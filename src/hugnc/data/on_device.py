@@ -102,9 +102,8 @@ class EpochShardSampler(Sampler[int]):
         else:
             order = torch.arange(self.size)
         total = len(self) * self.world_size
-        if (
-            self.pad and total > self.size
-        ):  # pad with the first indices (repeated if needed), as DDP does
+        # Padded with the first indices (repeated if needed), as DDP does.
+        if self.pad and total > self.size:
             order = order.repeat(math.ceil(total / self.size))[:total]
         return order[self.rank :: self.world_size].to(self.device)
 

@@ -122,10 +122,15 @@ def job_estimate_s() -> float:
 
 
 # --- Records --------------------------------------------------------------------------------------
+def _status(directory: Path) -> str:
+    """``status`` of ``directory/metrics.json`` (a run directory or a job's record); "" if none."""
+    metrics = directory / "metrics.json"
+    return json.loads(metrics.read_text()).get("status", "") if metrics.is_file() else ""
+
+
 def is_recorded(record: Path, job: BudgetJob) -> bool:
     """Whether ``job`` finished and its outputs are in ``record`` (then it never runs again)."""
-    metrics = record / job.name / "metrics.json"
-    return metrics.is_file() and json.loads(metrics.read_text()).get("status") == "completed"
+    return _status(record / job.name) == "completed"
 
 
 def epoch_curves(run_dir: Path) -> list[dict[str, float]]:
@@ -391,11 +396,6 @@ def job_command(job: BudgetJob, run_dir: Path, quick: bool) -> list[str]:
         *job.overrides(quick),
         f"hydra.run.dir={run_dir.resolve()}",
     ]
-
-
-def _status(run_dir: Path) -> str:
-    metrics = run_dir / "metrics.json"
-    return json.loads(metrics.read_text()).get("status", "") if metrics.is_file() else ""
 
 
 def run(
