@@ -14,7 +14,8 @@ from cli_runs import TINY_EQUIVALENCE_RUN, final_weights, run_hugnc
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from hugnc.distributed import gather_batch, hydra_job_rank_command, isolated_ddp_job
+from hugnc.distributed import gather_batch
+from hugnc.launching import hydra_job_rank_command, isolated_ddp_job
 
 
 def test_rank_command_is_this_job_not_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -101,3 +101,68 @@ def test_slurm_with_ddp_auto_devices_is_one_clear_error(
     assert "trainer.devices = 'auto'" in message and "trainer.devices=4" in message
     assert list(tmp_path.iterdir()) == []
     check_command_line(["-m", "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=2"])
+
+
+def _run_submitit_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, global_rank: int) -> Path:
+    """Run task ``global_rank`` of a 2-task SLURM job in-process, as srun would on a node."""
+    import logging
+
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.singleton import Singleton
+    from hydra.types import HydraContext
+
+    from hydra_plugins.hugnc.launchers import SlurmLauncher
+
+    sweep_dir = tmp_path / "sweep"
+    overrides = [
+        "hydra/launcher=slurm",
+        f"hydra.sweep.dir={sweep_dir}",
+        "trainer=ddp",
+        "trainer.devices=2",
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        master = compose("train", overrides=overrides, return_hydra_config=True)
+        assert master.hydra.launcher._target_ == "hydra_plugins.hugnc.launchers.SlurmLauncher"
+        launcher = SlurmLauncher(submitit_folder=str(sweep_dir / ".submitit"))
+        context = HydraContext(
+            config_loader=ConfigLoaderImpl(create_config_search_path(str(config_dir()))),
+            callbacks=Callbacks(),
+        )
+        ran: list[int] = []
+        launcher.setup(
+            hydra_context=context, task_function=lambda cfg: ran.append(cfg.seed), config=master
+        )
+        slurm_env = {
+            "SUBMITIT_EXECUTOR": "slurm",
+            "SLURM_JOB_ID": "42",
+            "SLURM_NTASKS": "2",
+            "SLURM_PROCID": str(global_rank),
+            "SLURM_LOCALID": str(global_rank),
+            "SLURM_NODEID": "0",
+            "SLURM_JOB_NUM_NODES": "1",
+        }
+        for key, value in slurm_env.items():
+            monkeypatch.setenv(key, value)
+        root_handlers = logging.root.handlers[:]
+        try:
+            launcher(["seed=3"], "hydra.sweep.dir", 0, "job0", Singleton.get_state())
+        finally:
+            logging.root.handlers[:] = root_handlers
+    GlobalHydra.instance().clear()
+    assert ran == [3]
+    return sweep_dir / "0"
+
+
+def test_only_the_first_slurm_task_writes_hydra_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """srun runs the job once per rank: rank 1 must leave no `.hydra/` and no job log behind."""
+    job_dir = _run_submitit_task(tmp_path, monkeypatch, global_rank=1)
+    assert not (job_dir / ".hydra").exists()
+    assert list(job_dir.glob("*.log")) == []
+    job_dir = _run_submitit_task(tmp_path, monkeypatch, global_rank=0)
+    assert (job_dir / ".hydra" / "config.yaml").is_file()
+    assert len(list(job_dir.glob("*.log"))) == 1

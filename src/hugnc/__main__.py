@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from hugnc.config import config_dir
+from hugnc.launching import register_launcher_plugins
 from hugnc.preflight import preflight
 from hugnc.resume import ResumeError, rewrite_argv
 
@@ -18,7 +19,7 @@ def _run(cfg: DictConfig) -> float | None:
     from lightning.pytorch.utilities import rank_zero_only
 
     from hugnc.checkpoint import CheckpointWriteError
-    from hugnc.distributed import install_hydra_ddp_launcher, isolated_ddp_job
+    from hugnc.launching import install_hydra_ddp_launcher, isolated_ddp_job
     from hugnc.train import train
 
     install_hydra_ddp_launcher()
@@ -42,6 +43,7 @@ def main() -> None:
         sys.exit(f"hugnc: {error}")
     # Hydra makes the run directory before calling _run: invalid configs must stop here.
     preflight(sys.argv[1:], config_name="train", calling_file=__file__)
+    register_launcher_plugins()
     _run()
 
 

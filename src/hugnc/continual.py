@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from hugnc.config import config_dir
 from hugnc.data import ContinualDataModule
-from hugnc.distributed import install_hydra_ddp_launcher, isolated_ddp_job
+from hugnc.launching import install_hydra_ddp_launcher, isolated_ddp_job, register_launcher_plugins
 from hugnc.preflight import preflight
 from hugnc.train import (
     build_module,
@@ -230,6 +230,7 @@ def _run(cfg: DictConfig) -> float:
 def main() -> None:
     # Hydra makes the run directory before calling _run: invalid configs must stop here.
     preflight(sys.argv[1:], config_name="continual", calling_file=__file__)
+    register_launcher_plugins()
     _run()
 
 

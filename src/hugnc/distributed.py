@@ -1,11 +1,11 @@
-"""Multi-process helpers: a global-batch HUG loss under DDP, and DDP ranks launched under Hydra."""
+"""The global batch under DDP: a differentiable all_gather for losses that need every sample.
+
+Launching ranks (Hydra, SLURM) is :mod:`hugnc.launching`'s; this module is what the
+Lightning module needs at training time.
+"""
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -48,74 +48,3 @@ def gather_batch(tensor: Tensor) -> Tensor:
     pieces = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(pieces, tensor.contiguous())
     return torch.cat(pieces)
-
-
-_CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
-
-
-def hydra_job_rank_command(local_rank: int) -> tuple[list[str], str]:
-    """Command and cwd that start DDP rank ``local_rank`` of the *current Hydra job*.
-
-    Lightning's own version re-runs ``sys.argv`` with ``hydra.run.dir`` set to the run-mode
-    directory: inside a multirun the child relaunches the whole sweep (``-m`` and the comma lists
-    are still in argv) and writes to the wrong directory (lightning-hydra-template #90, #194,
-    #393). Here the child gets this job's own overrides (one value each), run mode, and this job's
-    output directory, and does not write a second ``.hydra/``.
-    """
-    from hydra.core.hydra_config import HydraConfig
-
-    import __main__
-
-    hydra_cfg = HydraConfig.get()
-    if __main__.__spec__ is None:
-        command = [sys.executable, sys.argv[0]]
-    else:
-        command = [sys.executable, "-m", __main__.__spec__.name]
-    argv = sys.argv[1:]
-    for index, arg in enumerate(argv):
-        if arg in _CONFIG_FLAGS and index + 1 < len(argv):
-            command += [arg, argv[index + 1]]
-        elif arg.split("=", 1)[0] in _CONFIG_FLAGS:
-            command.append(arg)
-    command += list(hydra_cfg.overrides.task)
-    command += [
-        f"hydra.run.dir={hydra_cfg.runtime.output_dir}",
-        f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
-        "hydra.output_subdir=null",
-    ]
-    return command, hydra_cfg.runtime.cwd
-
-
-def install_hydra_ddp_launcher() -> None:
-    """Make Lightning's subprocess DDP launcher start ranks with :func:`hydra_job_rank_command`."""
-    from lightning.fabric.strategies.launchers import subprocess_script as fabric_launcher
-    from lightning.pytorch.strategies.launchers import subprocess_script as trainer_launcher
-
-    # The Trainer's launcher imported the function by name, so both modules are updated.
-    fabric_launcher._hydra_subprocess_cmd = hydra_job_rank_command
-    trainer_launcher._hydra_subprocess_cmd = hydra_job_rank_command
-
-
-# Variables Lightning's launcher sets in the launching process; left behind, they make the next
-# job of a multirun believe its ranks were started externally and reuse a dead process group.
-_LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-@contextmanager
-def isolated_ddp_job() -> Iterator[None]:
-    """Run one job so that the next job in this process starts DDP from scratch.
-
-    On exit the process group is destroyed and the launch variables are restored, so every job of
-    a Hydra multirun launches its own ranks (on a fresh port) into its own directory.
-    """
-    saved = {key: os.environ.get(key) for key in _LAUNCH_ENV}
-    try:
-        yield
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

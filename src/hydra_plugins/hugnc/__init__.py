@@ -1,0 +1,1 @@
+"""hugnc's Hydra plugins."""

@@ -1,0 +1,51 @@
+"""hydra-submitit-launcher's launchers, with one writer per job.
+
+srun starts one task per DDP rank and each task runs the whole Hydra job; without these launchers
+every rank rewrites the job's ``.hydra/`` and appends to its one log file. ``hydra/launcher=slurm``
+and ``hydra/launcher=local`` use them (Hydra imports every module under ``hydra_plugins`` at start,
+so this one imports nothing heavy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+
+# Hydra overrides for every task but the first of a job. Ranks > 0 log to their console, which
+# submitit keeps per task (<job>_<task>_log.*).
+SECONDARY_TASK_OVERRIDES = (
+    "hydra.output_subdir=null",
+    "hydra.job_logging.root.handlers=[console]",
+    "~hydra.job_logging.handlers.file",
+)
+
+
+def task_overrides(global_rank: int) -> list[str]:
+    """Hydra overrides for the process of ``global_rank`` in a multi-task submitit job."""
+    return [] if global_rank == 0 else list(SECONDARY_TASK_OVERRIDES)
+
+
+class _OneWriterPerJob:
+    """Mixin for hydra-submitit-launcher launchers: only task 0 of a job writes Hydra's outputs."""
+
+    def __call__(
+        self,
+        sweep_overrides: list[str],
+        job_dir_key: str,
+        job_num: int,
+        job_id: str,
+        singleton_state: dict,
+    ) -> Any:
+        import submitit
+
+        overrides = list(sweep_overrides) + task_overrides(submitit.JobEnvironment().global_rank)
+        return super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)
+
+
+class SlurmLauncher(_OneWriterPerJob, submitit_launcher.SlurmLauncher):
+    """``hydra/launcher=slurm``: submitit's SLURM launcher, one writer per job."""
+
+
+class LocalLauncher(_OneWriterPerJob, submitit_launcher.LocalLauncher):
+    """``hydra/launcher=local``: submitit's local executor, one writer per job."""
