@@ -158,3 +158,42 @@ def test_on_device_auto_is_the_device_path_where_the_datamodule_has_one(tmp_path
     assert ImageNetDataModule(str(tmp_path), on_device="auto").on_device is False
     with pytest.raises(ValueError, match="no on-device data path"):
         ImageNetDataModule(str(tmp_path), on_device=True)
+
+
+@pytest.mark.slow
+def test_compiled_run_stays_under_the_recompile_limit(compose_cfg, monkeypatch) -> None:
+    """One run compiles the backbone once per way it is called (training with grad, validation
+    and NC measurement under no_grad, test under inference_mode, attacks with input gradients)
+    plus once when batch sizes vary; each compile past torch's per-function limit would silently
+    fall back to eager. Partial last batches in every loop, and the robustness attacks."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    # Guards, hence recompilations, are Dynamo's; the eager backend skips Inductor's codegen.
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", lambda self, **kwargs: compile_module(self, backend="eager")
+    )
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = compose_cfg(
+        "experiment=quickstart",
+        "compile=true",
+        "callbacks=robustness",
+        "callbacks.robustness.attacks=[fgsm,pgd2]",
+        "callbacks.robustness.max_batches=2",
+        "callbacks.robustness.batch_size=96",
+        "callbacks.robustness.eps=0.1",
+        "callbacks.robustness.alpha=0.01",
+        "logger=none",
+        "~callbacks.progress_bar",
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=3",
+        "data.eval_batch_size=2048",  # 5,000 validation / 10,000 test images: partial batches
+        "callbacks.neural_collapse.max_batches=2",
+    )
+    metrics = train(cfg)
+    assert "test/robust_acc/pgd2" in metrics
+    graphs = counters["stats"]["unique_graphs"]
+    assert dict(counters["graph_break"]) == {}
+    assert graphs <= 5 < torch._dynamo.config.recompile_limit, dict(counters["stats"])
