@@ -12,7 +12,7 @@ import pytest
 from lightning import Callback
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hugnc.callbacks import finite_loss
+from hugnc import devices
 from hugnc.train import train
 
 #: aten ops that read a device tensor's value on the host (each one a sync on a GPU).
@@ -64,7 +64,7 @@ class PerStep(Callback):
 def test_training_steps_read_nothing_from_the_device(
     compose_cfg, monkeypatch: pytest.MonkeyPatch, loss: str
 ) -> None:
-    monkeypatch.setattr(finite_loss, "_host_reads_are_free", lambda device: False)
+    monkeypatch.setattr(devices, "host_reads_are_free", lambda device: False)
     counter = SyncCounter()
     per_step = PerStep(counter)
     cfg = compose_cfg(

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hugnc.callbacks import FiniteLossGuard, NonFiniteLossError, finite_loss
+from hugnc import devices
+from hugnc.callbacks import FiniteLossGuard, NonFiniteLossError
 from hugnc.train import train
 
 # lr=1e30 makes the weights (and so the features and the loss) overflow after a few steps.
@@ -84,7 +85,7 @@ def test_on_the_cpu_every_step_is_read_at_once() -> None:
 
 def test_on_accelerators_the_first_bad_step_is_named_when_read(monkeypatch) -> None:
     # As on a GPU: reading the loss would synchronize, so steps are read every 5.
-    monkeypatch.setattr(finite_loss, "_host_reads_are_free", lambda device: False)
+    monkeypatch.setattr(devices, "host_reads_are_free", lambda device: False)
     guard, trainer = FiniteLossGuard(every_n_steps=5), _Trainer()
     for loss in (1.0, 2.0, 3.0, 4.0, 5.0, 1.0):  # steps 1-5 read together, all finite
         _step(guard, trainer, loss)
@@ -102,7 +103,7 @@ def test_on_accelerators_the_first_bad_step_is_named_when_read(monkeypatch) -> N
     "hook", ["on_save_checkpoint", "on_validation_start", "on_train_epoch_end", "on_train_end"]
 )
 def test_pending_steps_are_read_before_checkpoints_and_at_epoch_ends(monkeypatch, hook) -> None:
-    monkeypatch.setattr(finite_loss, "_host_reads_are_free", lambda device: False)
+    monkeypatch.setattr(devices, "host_reads_are_free", lambda device: False)
     guard, trainer = FiniteLossGuard(every_n_steps=100), _Trainer()
     _step(guard, trainer, 1.0)
     _step(guard, trainer, float("nan"))
@@ -114,7 +115,7 @@ def test_pending_steps_are_read_before_checkpoints_and_at_epoch_ends(monkeypatch
 
 @pytest.mark.real_data
 def test_deferred_reads_never_checkpoint_a_diverged_model(compose_cfg, monkeypatch) -> None:
-    monkeypatch.setattr(finite_loss, "_host_reads_are_free", lambda device: False)
+    monkeypatch.setattr(devices, "host_reads_are_free", lambda device: False)
     cfg = compose_cfg(*DIVERGING_RUN, "callbacks.finite_loss.every_n_steps=1000")
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at epoch 0, step"):
         train(cfg)

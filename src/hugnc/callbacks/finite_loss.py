@@ -8,14 +8,11 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from hugnc import devices
+
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-def _host_reads_are_free(device: torch.device) -> bool:
-    """Whether reading a tensor of ``device`` on the host costs no synchronization."""
-    return device.type == "cpu"
 
 
 class FiniteLossGuard(Callback):
@@ -54,7 +51,7 @@ class FiniteLossGuard(Callback):
         values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
         where = (trainer.current_epoch, trainer.global_step, batch_idx, list(terms))
         self._pending.append((where, values))
-        if _host_reads_are_free(loss.device) or len(self._pending) >= self.every_n_steps:
+        if devices.host_reads_are_free(loss.device) or len(self._pending) >= self.every_n_steps:
             self.check(trainer)
 
     def check(self, trainer: Trainer) -> None:

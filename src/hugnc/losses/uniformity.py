@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hugnc import devices
+
 #: Squared distances below this are clamped before the Riesz energy, so coincident directions give
 #: a large finite energy (1e8 at s=2) instead of inf; their gradient is then zero, not NaN.
 MIN_SQ_DISTANCE = 1e-8
@@ -128,6 +130,39 @@ def min_pairwise_sq_distance(vectors: Tensor) -> Tensor:
     return pairwise_sq_distances(vectors).fill_diagonal_(float("inf")).min()
 
 
+class _CholeskyLogdet(torch.autograd.Function):
+    """``logdet(A)`` of a symmetric positive definite ``A`` from its Cholesky factor ``L``.
+
+    The gradient is ``A^{-1}`` (symmetric), from ``cholesky_inverse(L)``: one factorization and one
+    inverse, where autograd through LU's ``slogdet`` solves against the identity with LU factors.
+    """
+
+    @staticmethod
+    def forward(ctx, matrix: Tensor, factor: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(factor)
+        return 2.0 * factor.diagonal().log().sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (factor,) = ctx.saved_tensors
+        return grad * torch.cholesky_inverse(factor), None
+
+
+def spd_logdet(matrix: Tensor) -> Tensor:
+    """``log det`` of a symmetric positive definite ``[K, K]`` matrix, differentiable.
+
+    Cholesky where its success can be read for free (CPU tensors); LU's ``slogdet`` where the
+    factorization fails (numerically singular in float32: near-coincident rows) and on
+    accelerators, where reading Cholesky's status would make the host wait for the device at every
+    step. Same values either way up to float32 rounding.
+    """
+    if devices.host_reads_are_free(matrix.device):
+        factor, info = torch.linalg.cholesky_ex(matrix.detach())
+        if int(info) == 0:
+            return _CholeskyLogdet.apply(matrix, factor)
+    return torch.linalg.slogdet(matrix).logabsdet
+
+
 def gaussian_gram_logdet(vectors: Tensor) -> Tensor:
     """``logdet(G + ridge * I)`` with ``G_ij = exp(-||u_i - u_j||^2)`` of the normalized rows (MGD).
 
@@ -140,7 +175,7 @@ def gaussian_gram_logdet(vectors: Tensor) -> Tensor:
     num = vectors.shape[0]
     gram = torch.exp(-pairwise_sq_distances(vectors))
     ridge = GRAM_RIDGE * torch.eye(num, dtype=gram.dtype, device=gram.device)
-    return torch.linalg.slogdet(gram + ridge).logabsdet
+    return spd_logdet(gram + ridge)
 
 
 def pairwise_log_kernel_variance(vectors: Tensor) -> Tensor:
