@@ -249,7 +249,7 @@ def _quickstart_module(feature_dim: int):
 def _loader(batches: int, data_dir: str | None):
     from torch.utils.data import DataLoader, TensorDataset
 
-    from hugnc.callbacks import split_loader
+    from hugnc.data import split_loader
 
     if data_dir:
         from hugnc.data import FashionMNISTDataModule
@@ -298,7 +298,7 @@ def _best_times(runs: dict, repeats: int) -> dict[str, tuple[float, float]]:
 
 
 def bench_callback_cost(batches: int, repeats: int, data_dir: str | None, epoch: bool) -> list[str]:
-    from hugnc.callbacks import measure_geometry
+    from hugnc.metrics import measure_geometry
 
     loader, datamodule = _loader(batches, data_dir)
     source = "Fashion-MNIST train" if datamodule else "random images"

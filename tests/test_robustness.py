@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 from torchvision import transforms
 
-from hugnc.callbacks import AdversarialRobustness, split_loader
-from hugnc.data import FashionMNISTDataModule
+from hugnc.callbacks import AdversarialRobustness
+from hugnc.data import FashionMNISTDataModule, split_loader
 from hugnc.losses import HUGLoss
 from hugnc.models import LinearHead, ProxyHead
 from hugnc.module import HUGClassifier

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -12,6 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from hugnc.metrics.geometry import GeometryResult
 
 
 def _class_colours(num_classes: int) -> np.ndarray:
@@ -370,3 +377,55 @@ def dynamics_curves_figure(
     fig.suptitle(title or "training dynamics (scale-invariant backbone weights)")
     fig.tight_layout()
     return fig
+
+
+def save_figures(
+    result: GeometryResult,
+    output_dir: str | Path,
+    split: str,
+    class_names: Sequence[str] | None = None,
+    title: str = "",
+) -> dict[str, Path]:
+    """Draw :func:`hugnc.plots.geometry_figures` of ``result`` into ``output_dir``.
+
+    Files: ``feature_geometry_<split>.png`` (d = 2 or 3) and ``class_cosines_<split>.png``.
+
+    Returns:
+        ``{"feature_geometry" | "class_cosines": path}`` of the files written.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    figures = geometry_figures(
+        result.features,
+        result.targets,
+        result.centred_means,
+        result.classifier,
+        class_names=class_names,
+        title=title,
+    )
+    names = {"features": "feature_geometry", "cosines": "class_cosines"}
+    paths = {}
+    for kind, figure in figures.items():
+        path = output_dir / f"{names[kind]}_{split}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths[names[kind]] = path
+    return paths
+
+
+def save_curves(history: Sequence[dict[str, float]], output_dir: str | Path) -> dict[str, Path]:
+    """Write ``nc_history.json`` and ``nc_curves.png`` (NC/GNC over epochs) into ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    history_path = output_dir / "nc_history.json"
+    # NaN is not JSON: undefined values become null.
+    clean = [
+        {k: (v if v is None or math.isfinite(v) else None) for k, v in entry.items()}
+        for entry in history
+    ]
+    history_path.write_text(json.dumps(clean, indent=1))
+    figure = nc_curves_figure(history)
+    curves_path = output_dir / "nc_curves.png"
+    figure.savefig(curves_path, dpi=100)
+    plt.close(figure)
+    return {"nc_history": history_path, "nc_curves": curves_path}

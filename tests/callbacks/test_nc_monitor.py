@@ -11,15 +11,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from two_ranks import run_two_ranks
 
-from hugnc.callbacks import (
-    NeuralCollapseMonitor,
+from hugnc.callbacks import NeuralCollapseMonitor
+from hugnc.data import split_loader
+from hugnc.metrics import (
+    NeuralCollapse,
     NotEnoughClassesError,
     compute_class_means,
     log_keys,
     measure_geometry,
-    split_loader,
 )
-from hugnc.metrics import NeuralCollapse
 from hugnc.models import LinearHead, ProxyHead
 from hugnc.plots import cosine_heatmaps_figure, geometry_figures, nc_curves_figure
 

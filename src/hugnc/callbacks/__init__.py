@@ -2,17 +2,7 @@
 robustness, finite-loss guard, preemption checkpoints."""
 
 from hugnc.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
-from hugnc.callbacks.neural_collapse import (
-    GeometryResult,
-    NeuralCollapseMonitor,
-    NotEnoughClassesError,
-    compute_class_means,
-    log_keys,
-    measure_geometry,
-    save_curves,
-    save_figures,
-    split_loader,
-)
+from hugnc.callbacks.neural_collapse import NeuralCollapseMonitor
 from hugnc.callbacks.preemption import PreemptedError, PreemptionCheckpoint
 from hugnc.callbacks.progress import SyncFreeProgressBar
 from hugnc.callbacks.robustness import AdversarialRobustness
@@ -22,20 +12,12 @@ from hugnc.callbacks.training_dynamics import TrainingDynamicsMonitor, save_dyna
 __all__ = [
     "AdversarialRobustness",
     "FiniteLossGuard",
-    "GeometryResult",
     "NeuralCollapseMonitor",
     "NonFiniteLossError",
-    "NotEnoughClassesError",
     "PreemptedError",
     "PreemptionCheckpoint",
     "RunSummary",
     "SyncFreeProgressBar",
     "TrainingDynamicsMonitor",
-    "compute_class_means",
-    "log_keys",
-    "measure_geometry",
-    "save_curves",
     "save_dynamics",
-    "save_figures",
-    "split_loader",
 ]

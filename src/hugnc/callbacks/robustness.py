@@ -13,7 +13,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from hugnc.callbacks.neural_collapse import split_loader
+from hugnc.data.subsets import split_loader
 from hugnc.robustness import (
     DEFAULT_ALPHA,
     DEFAULT_ATTACKS,

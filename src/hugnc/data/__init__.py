@@ -9,9 +9,11 @@ from hugnc.data.in_memory import InMemoryImageDataModule, TensorImageDataset
 from hugnc.data.long_tail import long_tail_counts, sample_per_class
 from hugnc.data.mnist import MNIST5kDataModule, MNISTDataModule
 from hugnc.data.on_device import DeviceBatchLoader, EpochShardSampler
+from hugnc.data.subsets import SPLITS, split_loader
 
 __all__ = [
     "DATAMODULES",
+    "SPLITS",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "ContinualDataModule",
@@ -30,4 +32,5 @@ __all__ = [
     "sample_per_class",
     "select_classes",
     "split_classes",
+    "split_loader",
 ]

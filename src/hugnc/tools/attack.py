@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from hugnc.callbacks.neural_collapse import split_loader
+from hugnc.data.subsets import split_loader
 from hugnc.robustness import (
     ATTACKS,
     DEFAULT_ALPHA,

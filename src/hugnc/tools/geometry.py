@@ -18,16 +18,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from hugnc.callbacks.neural_collapse import (
-    SPLITS,
-    GeometryResult,
-    compute_class_means,
-    measure_geometry,
-    save_curves,
-    save_figures,
-    split_loader,
-)
+from hugnc.data.subsets import SPLITS, split_loader
 from hugnc.metrics import optimal_min_angle_deg
+from hugnc.metrics.geometry import GeometryResult, compute_class_means, measure_geometry
+from hugnc.plots import save_curves, save_figures
 from hugnc.tools.runs import NotARunDirError, Run, load_run, run_dir_parser
 
 DEFAULT_MAX_BATCHES = 10
