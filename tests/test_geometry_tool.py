@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hugnc.run_dir import load_run_config
 from hugnc.tools.geometry import gnc_prediction, main
-from hugnc.tools.runs import load_run_config
 
 pytestmark = pytest.mark.real_data
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from cli_runs import final_weights, run_hugnc, start_hugnc, wait_for_file
 
-from hugnc.resume import ResumeError, resume_arguments, rewrite_argv
+from hugnc.run_dir import ResumeError, resume_arguments, rewrite_argv
 
 COMMON = [
     "loss=mhe_hug",

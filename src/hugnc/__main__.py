@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from hugnc.config import config_dir
 from hugnc.launching import register_launcher_plugins
 from hugnc.preflight import preflight
-from hugnc.resume import ResumeError, rewrite_argv
+from hugnc.run_dir import ResumeError, rewrite_argv
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from hugnc.run_dir import run_dir_of_checkpoint
+
 #: errno values that mean "the output location cannot take this file" (not a bug in hugnc).
 STORAGE_ERRNOS = frozenset(
     code
@@ -55,7 +57,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
             f"could not write checkpoint {path}: {os.strerror(error.errno)}. Checkpoints already "
             f"in {path.parent} are intact ({', '.join(intact) or 'none yet'}). Free space or "
             "choose another output location (paths.log_dir=...), then continue with "
-            f"`python -m hugnc resume={path.parent.parent}`",
+            f"`python -m hugnc resume={run_dir_of_checkpoint(path)}`",
         ) from error
 
 

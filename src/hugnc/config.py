@@ -48,7 +48,16 @@ def sweep_name() -> str | None:
 
 
 def register_resolvers() -> None:
-    for name, resolver in (("hugnc.run_stamp", run_stamp), ("hugnc.sweep_name", sweep_name)):
+    from hugnc import run_dir
+
+    resolvers = (
+        ("hugnc.run_stamp", run_stamp),
+        ("hugnc.sweep_name", sweep_name),
+        # The run directory's layout, for configs: ${hugnc.checkpoint_dir:${paths.output_dir}}.
+        ("hugnc.checkpoint_dir", lambda output_dir: str(run_dir.checkpoint_dir(output_dir))),
+        ("hugnc.last_checkpoint_stem", lambda: run_dir.LAST_CHECKPOINT_STEM),
+    )
+    for name, resolver in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 

@@ -29,12 +29,12 @@ from hugnc.config import config_dir
 from hugnc.data import ContinualDataModule
 from hugnc.launching import install_hydra_ddp_launcher, isolated_ddp_job, register_launcher_plugins
 from hugnc.preflight import preflight
+from hugnc.run_dir import write_status
 from hugnc.train import (
     build_module,
     close_loggers,
     configure_process,
     instantiate_all,
-    write_status,
 )
 
 Matrix = Sequence[Sequence[float | None]]

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from hugnc.config import config_dir
+from hugnc.run_dir import last_checkpoint
 from hugnc.schema import (
     Problem,
     Signature,
@@ -349,7 +350,7 @@ def checkpoint_problem(ckpt_path: str | None, run_dir: str | Path) -> str | None
     if ckpt_path.lower() == "registry" or ckpt_path.lower().startswith("registry:"):
         return None
     if ckpt_path == "last":
-        last = Path(run_dir) / "checkpoints" / "last.ckpt"
+        last = last_checkpoint(run_dir)
         if last.is_file():
             return None
         return (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,13 +10,13 @@ import torch
 from hydra.utils import instantiate
 from lightning import Callback, LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from hugnc.host_memory import retain_freed_host_memory
 from hugnc.loggers import finish_loggers
 from hugnc.module import HUGClassifier
+from hugnc.run_dir import write_status
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +113,3 @@ def close_loggers(loggers: list[Logger], failed: bool) -> None:
     for line in finish_loggers(loggers, failed):
         log.info(line)
         print(line)
-
-
-@rank_zero_only
-def write_status(output_dir: Path, content: dict) -> None:
-    """``<output_dir>/metrics.json`` (rank 0): ``status`` and the final metrics, read by sweep
-    reports and ``hugnc-results``."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "metrics.json").write_text(json.dumps(content, indent=2, sort_keys=True))
-    except OSError as error:
-        # A full disk must not hide the error being reported (or fail a finished run).
-        log.warning("could not write %s/metrics.json: %s", output_dir, error)

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Subset
 
 from hugnc.metrics import NeuralCollapse
-from hugnc.tools.runs import find_checkpoint
+from hugnc.run_dir import find_checkpoint
 from hugnc.train import build_module, train
 
 pytestmark = pytest.mark.real_data

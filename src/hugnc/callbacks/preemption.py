@@ -21,6 +21,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from hugnc.run_dir import run_dir_of_checkpoint
+
 log = logging.getLogger(__name__)
 
 
@@ -147,7 +149,7 @@ class PreemptionCheckpoint(Callback):
         rank_zero_info(
             f"{signum.name} received at epoch {trainer.current_epoch}, step "
             f"{trainer.global_step}: checkpoint saved to {self.path}. Continue with "
-            f"`python -m hugnc resume={self.path.parent.parent}`."
+            f"`python -m hugnc resume={run_dir_of_checkpoint(self.path)}`."
         )
         # Not raised here: Lightning still has to finalize the loggers and tear down.
         self.saved = PreemptedError(signum, str(self.path))

@@ -33,7 +33,8 @@ from hugnc.robustness import (
     parse_budget,
     robust_accuracy,
 )
-from hugnc.tools.runs import NotARunDirError, Run, load_run, run_dir_parser
+from hugnc.run_dir import NotARunDirError
+from hugnc.tools.runs import Run, load_run, run_dir_parser
 
 DEFAULT_STEPS = (10, 20)
 

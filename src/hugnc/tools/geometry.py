@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from hugnc import run_dir
 from hugnc.data.subsets import SPLITS, split_loader
 from hugnc.metrics import optimal_min_angle_deg
 from hugnc.metrics.geometry import GeometryResult, compute_class_means, measure_geometry
 from hugnc.plots import save_curves, save_figures
-from hugnc.tools.runs import NotARunDirError, Run, load_run, run_dir_parser
+from hugnc.run_dir import NotARunDirError
+from hugnc.tools.runs import Run, load_run, run_dir_parser
 
 DEFAULT_MAX_BATCHES = 10
 
@@ -129,7 +131,7 @@ def write_outputs(
             for split, result in results.items()
         },
     }
-    paths = {"metrics": output_dir / "metrics.json"}
+    paths = {"metrics": run_dir.metrics_file(output_dir)}
     paths["metrics"].write_text(json.dumps(payload, indent=2))
     for split, result in results.items():
         title = f"{split} features, {run.checkpoint.name}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import statistics
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 from omegaconf import OmegaConf
 
+from hugnc import run_dir
 from hugnc.plots import sweep_heatmap_figure
 
 DEFAULT_METRICS = ("test/acc", "val/acc")
@@ -76,22 +76,20 @@ def collect_local(sweep_dir: str | Path) -> list[JobResult]:
         FileNotFoundError: ``sweep_dir`` has no job directories.
     """
     sweep_dir = Path(sweep_dir)
-    job_dirs = sorted(
-        (p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")),
-        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
-    )
-    if not job_dirs:
+    jobs_found = run_dir.job_dirs(sweep_dir)
+    if not jobs_found:
         raise FileNotFoundError(
-            f"no sweep jobs in {sweep_dir}: expected job directories <n>/.hydra/overrides.yaml, as "
-            "written by `python -m hugnc -m ...` under logs/<task_name>/multiruns/<time>_<id>/"
+            f"no sweep jobs in {sweep_dir}: expected job directories "
+            f"{run_dir.overrides_file('<n>')}, as written by `python -m hugnc -m ...` under "
+            "logs/<task_name>/multiruns/<time>_<id>/"
         )
     jobs = []
-    for job_dir in job_dirs:
-        overrides = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))
+    for job_dir in jobs_found:
+        overrides = OmegaConf.to_container(OmegaConf.load(run_dir.overrides_file(job_dir)))
         params = dict(filter(None, (_parse_override(str(o)) for o in overrides)))
         choices, config = _job_config(job_dir)
-        metrics_file = job_dir / "metrics.json"
-        if not metrics_file.is_file():
+        content = run_dir.read_status(job_dir)
+        if content is None:
             jobs.append(
                 JobResult(
                     job_dir.name,
@@ -103,7 +101,6 @@ def collect_local(sweep_dir: str | Path) -> list[JobResult]:
                 )
             )
             continue
-        content = json.loads(metrics_file.read_text())
         status = str(content.pop("status", "completed"))
         error = str(content.pop("error", ""))
         metrics = {k: float(v) for k, v in content.items() if isinstance(v, int | float)}
@@ -115,7 +112,7 @@ def _job_config(job_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     """Hydra's group choices and the flattened config of a job (empty where files are missing)."""
     choices: dict[str, str] = {}
     config: dict[str, str] = {}
-    hydra_file, config_file = job_dir / ".hydra" / "hydra.yaml", job_dir / ".hydra" / "config.yaml"
+    hydra_file, config_file = run_dir.hydra_file(job_dir), run_dir.config_file(job_dir)
     if hydra_file.is_file():
         node = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices")
         if node is not None:

@@ -1,0 +1,249 @@
+"""The run directory: its layout, and the code that reads and writes it.
+
+A run directory (``logs/<task>/runs/<date>_<time>_<id>/``, or ``<sweep>/<n>/`` in a multirun)
+holds ``.hydra/`` (Hydra's composed ``config.yaml``, ``hydra.yaml`` and ``overrides.yaml``),
+``checkpoints/`` (``last.ckpt`` after every epoch, the best ``epoch_NNN.ckpt``), ``metrics.json``
+(``status`` and the final metrics) and, with W&B, ``wandb/``. Every path inside it is spelled
+here; training, resume, the RUN_DIR tools, the config check and the sweep report ask this module.
+
+``python -m hugnc resume=RUN_DIR`` continues a run in place after a crash, kill or preemption: the
+run's own overrides are replayed (so the composed config is the same), Hydra's run directory is
+the old one, training restarts from ``checkpoints/last.ckpt`` (epoch, optimizer and LR-schedule
+state included) and a W&B run continues under its old id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+HYDRA_DIR = ".hydra"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT_STEM = "last"  # ModelCheckpoint's `filename` (it adds the suffix)
+LAST_CHECKPOINT = f"{LAST_CHECKPOINT_STEM}.ckpt"
+METRICS_FILE = "metrics.json"
+WANDB_DIR = "wandb"
+
+_HYDRA_INTERPOLATION = re.compile(r"\$\{hydra:([\w.]+)\}")
+
+
+def config_file(run_dir: str | Path) -> Path:
+    """Hydra's composed job config of the run."""
+    return Path(run_dir) / HYDRA_DIR / "config.yaml"
+
+
+def hydra_file(run_dir: str | Path) -> Path:
+    """Hydra's own config of the run (runtime values, group choices)."""
+    return Path(run_dir) / HYDRA_DIR / "hydra.yaml"
+
+
+def overrides_file(run_dir: str | Path) -> Path:
+    """The run's command-line overrides."""
+    return Path(run_dir) / HYDRA_DIR / "overrides.yaml"
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """Where the run's checkpoints go (also the configs' ``${hugnc.checkpoint_dir:...}``)."""
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint written after every epoch: what a resume continues from."""
+    return checkpoint_dir(run_dir) / LAST_CHECKPOINT
+
+
+def run_dir_of_checkpoint(checkpoint: str | Path) -> Path:
+    """The run directory a checkpoint of :func:`checkpoint_dir` belongs to."""
+    return Path(checkpoint).parent.parent
+
+
+def metrics_file(run_dir: str | Path) -> Path:
+    """``status`` and the final metrics of the run."""
+    return Path(run_dir) / METRICS_FILE
+
+
+def wandb_dir(run_dir: str | Path) -> Path:
+    """W&B's files of the run (``run-<time>-<id>`` / ``offline-run-<time>-<id>``)."""
+    return Path(run_dir) / WANDB_DIR
+
+
+def job_dirs(sweep_dir: str | Path) -> list[Path]:
+    """The job directories of a local multirun (those with overrides), in job-number order."""
+    found = (p.parents[1] for p in Path(sweep_dir).glob(f"*/{HYDRA_DIR}/overrides.yaml"))
+    return sorted(
+        found, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
+    )
+
+
+def write_status(run_dir: str | Path, content: dict[str, Any]) -> None:
+    """``metrics.json`` (rank 0 only): ``status`` and the final metrics, read by sweep reports."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    path = metrics_file(run_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content, indent=2, sort_keys=True))
+    except OSError as error:
+        # A full disk must not hide the error being reported (or fail a finished run).
+        log.warning("could not write %s: %s", path, error)
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's ``metrics.json`` content, or ``None`` when it has none (killed before the end)."""
+    path = metrics_file(run_dir)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class NotARunDirError(ValueError):
+    """The directory is not a hugnc run directory (or lacks what the tool needs)."""
+
+
+def load_run_config(run_dir: str | Path, data_dir: str | Path | None = None) -> DictConfig:
+    """The run's job config with every ``${hydra:...}`` replaced by the run's Hydra values.
+
+    ``${hydra:runtime.output_dir}`` becomes ``run_dir`` itself (runs can be moved); other keys come
+    from ``.hydra/hydra.yaml`` (e.g. ``runtime.cwd`` for the default data directory).
+    ``data_dir`` overrides ``paths.data_dir``.
+
+    Raises:
+        NotARunDirError: no ``.hydra/config.yaml`` in ``run_dir``.
+    """
+    run_dir = Path(run_dir).resolve()
+    config_path = config_file(run_dir)
+    if not config_path.is_file():
+        raise NotARunDirError(
+            f"{run_dir} is not a hugnc run directory: no .hydra/config.yaml in it (run "
+            "directories are logs/<task_name>/runs/<date>_<time>_<id>/, made by python -m hugnc)"
+        )
+    hydra_path = hydra_file(run_dir)
+    hydra_cfg = OmegaConf.load(hydra_path).hydra if hydra_path.is_file() else OmegaConf.create()
+
+    def hydra_value(match: re.Match) -> str:
+        key = match.group(1)
+        if key == "runtime.output_dir":
+            return str(run_dir)
+        value = OmegaConf.select(hydra_cfg, key, default=None)
+        if value is None:
+            raise NotARunDirError(f"{config_path} uses ${{hydra:{key}}}, not in {hydra_path}")
+        return str(value)
+
+    text = _HYDRA_INTERPOLATION.sub(hydra_value, config_path.read_text())
+    cfg = OmegaConf.create(text)
+    if data_dir is not None:
+        cfg.paths.data_dir = str(data_dir)
+    return cfg
+
+
+def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
+    """``which`` = ``"best"`` (the ModelCheckpoint's best, as ``trainer.test`` used; falls back to
+    last), ``"last"`` (``checkpoints/last.ckpt``), or a path to a ``.ckpt`` file.
+
+    Raises:
+        NotARunDirError: the checkpoint does not exist.
+    """
+    run_dir = Path(run_dir)
+    if which not in ("best", "last"):
+        path = Path(which)
+        if not path.is_file():
+            raise NotARunDirError(f"checkpoint {path} does not exist")
+        return path
+    last = last_checkpoint(run_dir)
+    if not last.is_file():
+        found = sorted(checkpoint_dir(run_dir).glob("*.ckpt"))
+        if not found:
+            raise NotARunDirError(
+                f"no checkpoint in {checkpoint_dir(run_dir)} (a run with trainer=debug or "
+                "fast_dev_run keeps none)"
+            )
+        last = found[-1]
+    if which == "last":
+        return last
+    import torch
+
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    for key, value in state.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
+            # Checkpoints move with the run directory: look next to last.ckpt.
+            best = last.parent / Path(value["best_model_path"]).name
+            if best.is_file():
+                return best
+    return last
+
+
+# Overrides that a resume sets itself; dropped from the replayed ones.
+_RESUME_KEYS = ("hydra.run.dir", "ckpt_path", "logger.wandb.id", "logger.wandb.resume", "resume")
+
+
+class ResumeError(ValueError):
+    """The directory cannot be resumed; the message says why and what is expected."""
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def wandb_run_id(run_dir: Path) -> str | None:
+    """The id of the run's online W&B run (``wandb/run-<time>-<id>``), if it has one.
+
+    Offline runs are not continued under their id (W&B refuses an id whose offline run exists
+    locally); the resumed part becomes a second offline run in the same directory.
+    """
+    runs = sorted(wandb_dir(run_dir).glob("run-*-*"))
+    return runs[-1].name.rsplit("-", 1)[1] if runs else None
+
+
+def resume_arguments(run_dir: str | Path, extra_overrides: Sequence[str] = ()) -> list[str]:
+    """Hydra command-line arguments that continue the run in ``run_dir``.
+
+    Args:
+        run_dir: a run directory written by ``python -m hugnc`` (not a sweep directory).
+        extra_overrides: further overrides (e.g. ``trainer.max_epochs=300`` to train longer).
+
+    Raises:
+        ResumeError: not a run directory, or no ``checkpoints/last.ckpt`` to continue from.
+    """
+    run_dir = Path(run_dir).resolve()
+    overrides = overrides_file(run_dir)
+    checkpoint = last_checkpoint(run_dir)
+    if not overrides.is_file():
+        raise ResumeError(
+            f"resume={run_dir}: not a hugnc run directory (no .hydra/overrides.yaml); give the "
+            "directory printed as 'run directory:' (logs/<task_name>/runs/<date>_<time>_<id>)"
+        )
+    if not checkpoint.is_file():
+        raise ResumeError(
+            f"resume={run_dir}: no checkpoints/last.ckpt to continue from (it is written at the "
+            "end of every epoch; a run killed during its first epoch has to be started again)"
+        )
+    saved = [str(o) for o in OmegaConf.load(overrides) if _key(str(o)) not in _RESUME_KEYS]
+    given = {_key(o) for o in extra_overrides}
+    arguments = [o for o in saved if _key(o) not in given] + list(extra_overrides)
+    arguments += [f"hydra.run.dir={run_dir}", f"ckpt_path={checkpoint}"]
+    config = OmegaConf.load(config_file(run_dir))
+    run_id = wandb_run_id(run_dir)
+    if run_id and OmegaConf.select(config, "logger.wandb") is not None:
+        arguments += [f"+logger.wandb.id={run_id}", "+logger.wandb.resume=allow"]
+    return arguments
+
+
+def rewrite_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with a ``resume=RUN_DIR`` argument expanded by :func:`resume_arguments`."""
+    resume = [a for a in argv if a.startswith("resume=")]
+    if not resume:
+        return list(argv)
+    if len(resume) > 1 or any(a in ("-m", "--multirun") for a in argv):
+        raise ResumeError("resume=RUN_DIR takes one run directory and no --multirun")
+    others = [a for a in argv if not a.startswith("resume=")]
+    flags = [a for a in others if a.startswith("-")]
+    overrides = [a for a in others if not a.startswith("-")]
+    return flags + resume_arguments(resume[0].split("=", 1)[1], overrides)
