@@ -262,10 +262,7 @@ def time_raw_loop(
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         features = backbone(images)
-        if module.uses_hug:
-            loss = criterion(features, head.classifier, targets).loss
-        else:
-            loss = criterion(head.logits(features), targets)
+        loss = criterion.loss_terms(features, targets, head)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -162,7 +162,7 @@ IN_PROCESS_TABLE = [
     (["trainer.max_epoch=3"], "trainer.max_epoch: unknown key (did you mean trainer.max_epochs?)"),
     (["+loss.alpah=1"], "loss.alpah: unknown key (did you mean loss.alpha?)"),
     (["data.imb_factor=0.5"], "data.imb_factor: not in conf/data/fashion_mnist.yaml; add it with"),
-    (["loss=ce", "loss.alpha=1"], "loss.alpha: unknown key; hugnc.losses.cross_entropy_loss"),
+    (["loss=ce", "loss.alpha=1"], "loss.alpha: unknown key; hugnc.losses.CrossEntropyLoss"),
     (["logger=csv", "+logger.csv.flush_every=3"], "did you mean logger.csv.flush_logs_every_n"),
     (["callbacks.neural_collapse.max_batches=x"], "max_batches = 'x': must be int or null"),
     (["+callbacks.extra.every=1"], "callbacks.extra: needs a _target_"),

@@ -10,7 +10,7 @@ import torch
 from lightning import Callback, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from hugnc.losses import HUGLoss
+from hugnc.losses import CrossEntropyLoss, HUGLoss
 from hugnc.models import LinearHead, ProxyHead
 from hugnc.module import HUGClassifier
 
@@ -22,7 +22,7 @@ def _module(hug: bool) -> HUGClassifier:
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     backbone.feature_dim = 3
     head = ProxyHead(3, NUM_CLASSES) if hug else LinearHead(3, NUM_CLASSES)
-    criterion = HUGLoss("mhe", alpha=0.1, beta=1.0) if hug else torch.nn.CrossEntropyLoss()
+    criterion = HUGLoss("mhe", alpha=0.1, beta=1.0) if hug else CrossEntropyLoss()
     return HUGClassifier(
         backbone=backbone,
         head=head,

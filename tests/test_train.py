@@ -46,7 +46,7 @@ def test_loss_config_selects_matching_head(compose_cfg, loss: str) -> None:
     module = build_module(cfg, input_shape=(1, 28, 28))
     assert isinstance(module.head, ProxyHead) == (loss != "ce")
     assert module.head.classifier.shape == (10, cfg.model.feature_dim)
-    assert module.uses_hug == (loss != "ce")
+    assert module.criterion.needs_global_batch == (loss != "ce")
 
 
 @pytest.mark.real_data

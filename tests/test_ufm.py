@@ -14,12 +14,11 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from torch import nn
 
 from hugnc.config import config_dir
-from hugnc.losses import HUGLoss
+from hugnc.losses import CrossEntropyLoss, HUGLoss
 from hugnc.models import LinearHead, ProxyHead
-from hugnc.ufm import UFMSettings, UnconstrainedFeatures, loss_terms, simulate
+from hugnc.ufm import UFMSettings, UnconstrainedFeatures, simulate
 
 #: (variant, beta, schedule, steps): the paper's weights. MHS (max-min) is non-smooth: with a
 #: constant lr its proxies keep oscillating, so it anneals the lr (cosine).
@@ -88,7 +87,7 @@ def test_hug_variants_on_the_circle_are_a_regular_10_gon(
 def test_cross_entropy_collapses_to_the_simplex_too() -> None:
     torch.manual_seed(0)
     ufm = UnconstrainedFeatures(LinearHead(3, 4), 4, 10, 3)
-    history = simulate(ufm, nn.CrossEntropyLoss(), UFMSettings(4, 10, 3, steps=600, log_every=300))
+    history = simulate(ufm, CrossEntropyLoss(), UFMSettings(4, 10, 3, steps=600, log_every=300))
     first, final = history[0], history[-1]
     assert "loss_inter" not in final and final["loss"] < 0.01 < first["loss"]
     assert final["nc1"] < 1e-3 and final["nc3"] < 1e-3
@@ -105,7 +104,7 @@ def test_minibatches_and_settings() -> None:
     assert [entry["step"] for entry in history] == [0, 4, 8, 10]
     assert not torch.equal(before, ufm.features)
     assert torch.allclose(ufm.head.classifier.norm(dim=1), torch.ones(4))  # renormalized
-    terms = loss_terms(HUGLoss("mgd", 0.15, 0.03), ufm.head, ufm.features, ufm.labels)
+    terms = HUGLoss("mgd", 0.15, 0.03).loss_terms(ufm.features, ufm.labels, ufm.head)
     assert set(terms) == {"loss", "loss_inter", "loss_intra"}
     assert ufm.labels.tolist() == [c for c in range(4) for _ in range(10)]
     for bad in ({"schedule": "step"}, {"log_every": 0}, {"batch_size": 0}, {"num_classes": 1}):

@@ -11,7 +11,7 @@ from lightning import LightningModule
 from torch import Tensor, nn
 
 from hugnc.distributed import gather_batch
-from hugnc.losses import HUGLoss
+from hugnc.losses import Criterion
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -24,8 +24,8 @@ class HUGClassifier(LightningModule):
         backbone: module mapping ``[B, C, H, W]`` to ``[B, d]`` with a ``feature_dim`` attribute.
         head: ``LinearHead`` or ``ProxyHead``: ``logits(features)``, ``classifier`` ``[K, d]``,
             ``after_optimizer_step()``.
-        criterion: a :class:`~hugnc.losses.HUGLoss` (uses features and the head's proxies) or a
-            logits criterion such as ``nn.CrossEntropyLoss``.
+        criterion: a :class:`~hugnc.losses.Criterion` (HUG on the head's proxies, CE on its
+            logits).
         optimizer: partial optimizer, called with the parameters.
         scheduler: partial LR scheduler called with the optimizer, or ``None``. A scheduler whose
             constructor takes ``total_steps`` (e.g. OneCycleLR) receives the trainer's count.
@@ -36,14 +36,14 @@ class HUGClassifier(LightningModule):
             unchanged.
         compile: ``torch.compile`` the backbone when the model is configured (state-dict keys
             unchanged, so checkpoints load with or without it). The first steps pay the
-            compilation (tens of seconds per shape); worth it for long runs only.
+            compilation (README, Performance); worth it for long runs only.
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         head: nn.Module,
-        criterion: nn.Module,
+        criterion: Criterion,
         optimizer: OptimizerFactory,
         num_classes: int,
         scheduler: SchedulerFactory | None = None,
@@ -62,7 +62,6 @@ class HUGClassifier(LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
-        self.uses_hug = isinstance(criterion, HUGLoss)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.compile_backbone = compile
         if head.classifier.shape[0] != num_classes:
@@ -93,14 +92,12 @@ class HUGClassifier(LightningModule):
         return self.head.logits(self.features(images))
 
     def _loss_terms(self, features: Tensor, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        if self.uses_hug:
-            if self.training:
-                # The intra term is class-balanced over the batch, so it is not an average of
-                # per-rank losses: under DDP it is computed on the global batch (exact gradients).
-                features, targets = gather_batch(features), gather_batch(targets)
-            out = self.criterion(features, self.head.classifier, targets)
-            return {"loss": out.loss, "loss_intra": out.intra, "loss_inter": out.inter}
-        return {"loss": self.criterion(logits, targets)}
+        if self.criterion.needs_global_batch and self.training:
+            # Not an average of per-rank losses: under DDP the loss of the global batch is
+            # computed on every rank (exact gradients); the local logits do not apply to it.
+            features, targets = gather_batch(features), gather_batch(targets)
+            return self.criterion.loss_terms(features, targets, self.head)
+        return self.criterion.loss_terms(features, targets, self.head, logits)
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
         images, targets = batch
@@ -109,9 +106,9 @@ class HUGClassifier(LightningModule):
         terms = self._loss_terms(features, logits, targets)
         self._accumulate(stage, terms, logits, targets)
         if stage == "train":
-            # The one self.log per step: the loss curve and the progress bar. Each self.log costs
-            # ~0.6 ms of Python (Lightning's result bookkeeping), as much as a small model's step
-            # on a GPU; epoch means of every term and the accuracy are logged at the epoch end.
+            # The one self.log per step: the loss curve and the progress bar. Each self.log is
+            # Python bookkeeping in Lightning, comparable to a small model's whole GPU step; epoch
+            # means of every term and the accuracy are logged at the epoch end.
             self.log("train/loss_step", terms["loss"], prog_bar=True)
         # Features go to callbacks (geometry plots, metrics) through the step outputs.
         return {

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from hugnc.config import config_dir
-from hugnc.losses import HUGLoss
+from hugnc.losses import Criterion
 from hugnc.metrics import NeuralCollapse
 
 #: Rows per NeuralCollapse.update call (bounds the float64 copy in the metric).
@@ -146,26 +146,14 @@ class UnconstrainedFeatures(nn.Module):
         return features.view(self.num_classes, self.samples_per_class, -1).mean(dim=1)
 
 
-def loss_terms(
-    criterion: nn.Module, head: nn.Module, features: Tensor, labels: Tensor
-) -> dict[str, Tensor]:
-    """The training loss of ``features`` ``[B, d]`` with ``labels`` ``[B]``: as
-    :class:`hugnc.module.HUGClassifier`, a :class:`HUGLoss` on the head's proxies (``loss``,
-    ``loss_inter``, ``loss_intra``), any other criterion on ``head.logits`` (``loss``)."""
-    if isinstance(criterion, HUGLoss):
-        out = criterion(features, head.classifier, labels)
-        return {"loss": out.loss, "loss_inter": out.inter, "loss_intra": out.intra}
-    return {"loss": criterion(head.logits(features), labels)}
-
-
 @torch.no_grad()
-def measure(ufm: UnconstrainedFeatures, criterion: nn.Module) -> dict[str, float]:
+def measure(ufm: UnconstrainedFeatures, criterion: Criterion) -> dict[str, float]:
     """Loss terms on all of ``H``, NC/GNC metrics (:class:`NeuralCollapse`, class means from
     ``H``) and the mean norms ``feature_norm`` (rows of H) and ``classifier_norm`` (rows of W)."""
     head, features, labels = ufm.head, ufm.features, ufm.labels
     classifier = head.classifier
     out = {
-        name: float(value) for name, value in loss_terms(criterion, head, features, labels).items()
+        name: float(value) for name, value in criterion.loss_terms(features, labels, head).items()
     }
     metric = NeuralCollapse(ufm.num_classes, features.shape[1], class_means=ufm.class_means()).to(
         features.device
@@ -181,7 +169,7 @@ def measure(ufm: UnconstrainedFeatures, criterion: nn.Module) -> dict[str, float
 
 def simulate(
     ufm: UnconstrainedFeatures,
-    criterion: nn.Module,
+    criterion: Criterion,
     settings: UFMSettings,
     on_measure: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
@@ -230,7 +218,7 @@ def simulate(
             index = order[position : position + batch_size].to(ufm.labels.device)
             position += batch_size
             features, labels = ufm.features[index], ufm.labels[index]
-        terms = loss_terms(criterion, ufm.head, features, labels)
+        terms = criterion.loss_terms(features, labels, ufm.head)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
@@ -370,7 +358,6 @@ def run_ufm(cfg: DictConfig) -> dict[str, Any]:
 __all__ = [
     "UFMSettings",
     "UnconstrainedFeatures",
-    "loss_terms",
     "measure",
     "run_ufm",
     "simulate",

@@ -1,6 +1,8 @@
 """HUG losses and hyperspherical uniformity measures (pure torch: no Lightning, Hydra or W&B)."""
 
-from hugnc.losses.hug import VARIANTS, HUGLoss, HUGLossOutput, cross_entropy_loss
+from hugnc.losses.criterion import ClassifierHead, Criterion
+from hugnc.losses.cross_entropy import CrossEntropyLoss, cross_entropy_loss
+from hugnc.losses.hug import VARIANTS, HUGLoss, HUGLossOutput
 from hugnc.losses.intra import intra_class_distance
 from hugnc.losses.uniformity import (
     gaussian_gram_logdet,
@@ -13,6 +15,9 @@ from hugnc.losses.uniformity import (
 
 __all__ = [
     "VARIANTS",
+    "ClassifierHead",
+    "Criterion",
+    "CrossEntropyLoss",
     "HUGLoss",
     "HUGLossOutput",
     "cross_entropy_loss",

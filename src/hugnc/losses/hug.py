@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from torch import Tensor, nn
+from torch import Tensor
 
+from hugnc.losses.criterion import ClassifierHead, Criterion
 from hugnc.losses.intra import intra_class_distance
 from hugnc.losses.uniformity import gaussian_gram_logdet, min_pairwise_sq_distance, riesz_energy
 
@@ -30,7 +31,7 @@ def _inter_term(variant: str, mhe_power: float) -> Callable[[Tensor], Tensor]:
     return lambda proxies: -gaussian_gram_logdet(proxies) / proxies.shape[0]
 
 
-class HUGLoss(nn.Module):
+class HUGLoss(Criterion):
     """HUG objective ``alpha * L_inter(proxies) + beta * L_intra(features, proxies, targets)``.
 
     Args:
@@ -41,8 +42,12 @@ class HUGLoss(nn.Module):
         mhe_power: Riesz exponent s >= 0 for MHE; 0 means log energy. Ignored by MHS/MGD.
 
     Call with ``features [B, d]``, ``proxies [K, d]``, ``targets [B]``; returns a
-    :class:`HUGLossOutput`. Proxies receive gradient from the inter term only.
+    :class:`HUGLossOutput`. Proxies receive gradient from the inter term only. In training,
+    :meth:`loss_terms` takes the proxies from the head.
     """
+
+    # The intra term is class-balanced over the batch, not a mean of per-sample losses.
+    needs_global_batch = True
 
     def __init__(self, variant: str, alpha: float, beta: float, mhe_power: float = 2.0) -> None:
         super().__init__()
@@ -68,14 +73,15 @@ class HUGLoss(nn.Module):
         intra = intra_class_distance(features, proxies, targets).to(inter.dtype)
         return HUGLossOutput(loss=self.alpha * inter + self.beta * intra, intra=intra, inter=inter)
 
+    def loss_terms(
+        self, features: Tensor, targets: Tensor, head: ClassifierHead, logits: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        out = self(features, head.classifier, targets)
+        return {"loss": out.loss, "loss_inter": out.inter, "loss_intra": out.intra}
+
     def extra_repr(self) -> str:
         power = f", mhe_power={self.mhe_power}" if self.variant == "mhe" else ""
         return f"variant={self.variant!r}, alpha={self.alpha}, beta={self.beta}{power}"
 
 
-def cross_entropy_loss(label_smoothing: float = 0.0) -> nn.CrossEntropyLoss:
-    """The CE baseline criterion (on the linear head's logits)."""
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-
-
-__all__ = ["VARIANTS", "HUGLoss", "HUGLossOutput", "cross_entropy_loss"]
+__all__ = ["VARIANTS", "HUGLoss", "HUGLossOutput"]
