@@ -15,12 +15,11 @@ import torch
 from hydra.utils import instantiate
 from lightning import Trainer
 from torch import nn
-from torch.utils.data import Subset, TensorDataset
-from torchvision import transforms
+from torch.utils.data import TensorDataset
 
 from hugnc.callbacks import AdversarialRobustness
 from hugnc.data import FashionMNISTDataModule, split_loader
-from hugnc.losses import HUGLoss
+from hugnc.losses import CrossEntropyLoss, HUGLoss
 from hugnc.models import LinearHead, ProxyHead
 from hugnc.module import HUGClassifier
 from hugnc.robustness import (
@@ -66,7 +65,7 @@ def trained(request: pytest.FixtureRequest, datamodule: FashionMNISTDataModule) 
     if request.param == "hug":
         head, criterion = ProxyHead(16, 10), HUGLoss("mhe", alpha=0.15, beta=1.0)
     else:
-        head, criterion = LinearHead(16, 10), nn.CrossEntropyLoss()
+        head, criterion = LinearHead(16, 10), CrossEntropyLoss()
     module = HUGClassifier(_MLP(), head, criterion, partial(torch.optim.SGD, lr=0.05), 10)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
     module.train()
@@ -107,16 +106,19 @@ def test_budgets_and_attack_specs() -> None:
         parse_attacks([{"name": "pgd", "epsilon": 0.1}])
 
 
-def test_normalization_stats_of_every_kind_of_datamodule() -> None:
-    in_memory = SimpleNamespace(mean=(0.5, 0.4), std=(0.2, 0.3))
-    assert normalization_stats(in_memory) == ((0.5, 0.4), (0.2, 0.3))
-    assert normalization_stats(SimpleNamespace(base=in_memory)) == ((0.5, 0.4), (0.2, 0.3))
-    folder = TensorDataset(torch.zeros(2, 3))
-    folder.transform = transforms.Compose(  # type: ignore[attr-defined]
-        [transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+def test_normalization_stats_of_every_kind_of_datamodule(tmp_path) -> None:
+    """Read from the datamodule's mean/std: in-memory datasets, ImageNet (folder + transforms),
+    continual splits (their base dataset's); nothing is looked up in transforms."""
+    from hugnc.data import CIFAR10DataModule, ContinualDataModule, ImageNetDataModule
+
+    cifar = CIFAR10DataModule(str(tmp_path))
+    assert normalization_stats(cifar) == (cifar.mean, cifar.std)
+    assert normalization_stats(ImageNetDataModule(str(tmp_path))) == (
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
     )
-    found = normalization_stats(SimpleNamespace(test_set=Subset(folder, [0])))
-    assert found == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    continual = ContinualDataModule("cifar10", num_tasks=5, data_dir=str(tmp_path))
+    assert normalization_stats(continual) == (cifar.mean, cifar.std)
     with pytest.raises(ValueError, match="pass mean and std"):
         normalization_stats(SimpleNamespace(test_set=TensorDataset(torch.zeros(2))))
 

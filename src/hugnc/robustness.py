@@ -41,7 +41,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 #: The attacks :func:`build_attack` knows (L-inf).
 ATTACKS = ("fgsm", "pgd")
@@ -166,58 +165,20 @@ def parse_attacks(
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 
-def _normalize_in_transform(transform: Any) -> Stats | None:
-    """Mean/std of the first torchvision ``Normalize`` in a (composed) transform."""
-    from torchvision import transforms
-
-    if isinstance(transform, transforms.Normalize):
-        return tuple(map(float, transform.mean)), tuple(map(float, transform.std))
-    for inner in getattr(transform, "transforms", ()):
-        found = _normalize_in_transform(inner)
-        if found is not None:
-            return found
-    return None
-
-
-def _dataset_stats(dataset: Dataset | None) -> Stats | None:
-    """Mean/std of a dataset: its ``mean``/``std`` or a ``Normalize`` in its ``transform``,
-    looking through ``Subset``-like wrappers (``.dataset``)."""
-    while dataset is not None:
-        mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
-        if mean is not None and std is not None and len(mean) and len(std):
-            return tuple(map(float, mean)), tuple(map(float, std))
-        found = _normalize_in_transform(getattr(dataset, "transform", None))
-        if found is not None:
-            return found
-        dataset = getattr(dataset, "dataset", None)
-    return None
-
-
 def normalization_stats(datamodule: Any) -> Stats:
     """Per-channel ``(mean, std)`` of pixels in [0, 1] that ``datamodule``'s images are normalized
-    with.
-
-    Looked up, in order: the datamodule's ``mean``/``std`` (the in-memory datasets: MNIST,
-    Fashion-MNIST, CIFAR), its ``base`` datamodule (continual splits), then its test set (a
-    ``mean``/``std`` or a torchvision ``Normalize`` in its ``transform``: ImageNet's
-    ImageFolder). The test set needs ``setup``.
+    with: its ``mean``/``std`` (every hugnc datamodule has them).
 
     Raises:
-        ValueError: none found (pass ``mean``/``std`` explicitly).
+        ValueError: the datamodule has none (pass ``mean``/``std`` explicitly).
     """
-    seen = set()
-    while datamodule is not None and id(datamodule) not in seen:
-        seen.add(id(datamodule))
-        found = _dataset_stats(datamodule)
-        if found is None:
-            found = _dataset_stats(getattr(datamodule, "test_set", None))
-        if found is not None:
-            return found
-        datamodule = getattr(datamodule, "base", None)
-    raise ValueError(
-        "no normalization statistics found on the datamodule (mean/std attributes, or a "
-        "Normalize transform on its test set): pass mean and std explicitly"
-    )
+    mean, std = getattr(datamodule, "mean", ()), getattr(datamodule, "std", ())
+    if not (len(mean) and len(std)):
+        raise ValueError(
+            f"{type(datamodule).__name__} has no normalization statistics (mean/std "
+            "attributes): pass mean and std explicitly"
+        )
+    return tuple(map(float, mean)), tuple(map(float, std))
 
 
 def _channel_view(values: Sequence[float], like: Tensor) -> Tensor:

@@ -140,6 +140,10 @@ class ImageDataModule(LightningDataModule):
     default_classes: Sequence[str] = ()
     #: Whether ``on_device=True`` is possible (the dataset is one uint8 tensor).
     supports_on_device: bool = False
+    #: Per-channel mean and std of pixels in [0, 1]: images come out as ``(x - mean) / std``
+    #: (attacks and pictures undo it).
+    mean: Sequence[float] = ()
+    std: Sequence[float] = ()
 
     def __init__(
         self,

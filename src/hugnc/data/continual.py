@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -94,6 +95,14 @@ class ContinualDataModule(LightningDataModule):
     @property
     def class_counts(self) -> list[int] | None:
         return self.base.class_counts
+
+    @property
+    def mean(self) -> Sequence[float]:
+        return self.base.mean
+
+    @property
+    def std(self) -> Sequence[float]:
+        return self.base.std
 
     @property
     def eval_batch_size(self) -> int:

@@ -61,6 +61,7 @@ class ImageNetDataModule(ImageDataModule):
     """
 
     dataset_name = "ImageNet"
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
 
     def __init__(
         self,

@@ -224,8 +224,6 @@ class InMemoryImageDataModule(ImageDataModule):
     """
 
     supports_on_device = True
-    mean: Sequence[float] = ()
-    std: Sequence[float] = ()
     crop_padding: int = 0
     flip: bool = False
     image_shape: tuple[int, int, int] = (0, 0, 0)
