@@ -3,13 +3,11 @@
 glibc's malloc serves every allocation above its mmap threshold (128 KiB, raised dynamically up to
 32 MiB) with a fresh ``mmap`` and unmaps it again on ``free``. A CPU training step allocates and
 frees tens of activation and gradient tensors larger than that (LeNet++ at batch 512: 51 MiB for
-one conv activation), so every step re-faults its whole working set from the kernel: measured
-here (2 cores, Fashion-MNIST LeNet++, batch 512) 130k page faults per step, ~17% of the step's
-time in the kernel, and +-10% step-to-step jitter. With the threshold above any tensor size and
-no trimming of the heap top, freed blocks are reused: no page faults after the first steps, steps
-1.2-1.5x faster (a bare LeNet++ step loop: 830 -> 689 ms; ``benchmarks/bench_training.py`` with
-and without ``--host-memory system``: 952 -> 681 ms Fashion-MNIST, 1397 -> 911 ms CIFAR-shaped)
-and their jitter +-2%.
+one conv activation), so every step re-faults its whole working set from the kernel (page faults
+and kernel time every step, and step-to-step jitter). With the threshold above any tensor size and
+no trimming of the heap top, freed blocks are reused: no page faults after the first steps, and
+faster, steadier steps (measured by ``benchmarks/bench_training.py`` with and without
+``--host-memory system``; numbers in the README, Performance).
 
 The cost: the process keeps its peak heap (it never returns freed memory to the OS), i.e. resident
 memory stays at the largest working set seen. GPU training is unaffected either way (CUDA has its
