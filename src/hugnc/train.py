@@ -119,7 +119,7 @@ def close_loggers(loggers: list[Logger], failed: bool) -> None:
 @rank_zero_only
 def write_status(output_dir: Path, content: dict) -> None:
     """``<output_dir>/metrics.json`` (rank 0): ``status`` and the final metrics, read by sweep
-    reports and ``hugnc-results``."""
+    reports and the README's results pipeline (``experiments/results``)."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(content, indent=2, sort_keys=True))
