@@ -31,12 +31,14 @@ fashion-mnist:
 demo: install fashion-mnist
 	$(BIN)/python -m hugnc experiment=quickstart
 
-test: install fashion-mnist
+# Lint first: a style or import error fails in seconds, before the suite's minutes.
+test: lint fashion-mnist
 	$(BIN)/python -m pytest -q
 
+LINTED := src tests benchmarks experiments
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 bench: install
 	$(BIN)/python benchmarks/bench_losses.py
@@ -51,14 +53,15 @@ gpu-check: install fashion-mnist
 	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # The README's Fashion-MNIST results table (~90 min on 2 CPU cores), in the background; not part of
-# `make test`. A new results/<date>_<time>/ each time; continue a killed run with
+# `make test`. The pipeline is experiments/ (not installed; run from the repository root). A new
+# results/<date>_<time>/ each time; continue a killed run with
 # `make results RESULTS_ARGS="--resume --out results/<date>_<time>"`.
 RESULTS_ARGS ?=
 .PHONY: results
 results: install fashion-mnist
 	mkdir -p results
-	nohup $(BIN)/python -m hugnc.tools.results $(RESULTS_ARGS) >> results/results.log 2>&1 &
-	@echo "hugnc-results started in the background; follow it with: tail -f results/results.log"
+	nohup $(BIN)/python -m experiments.results $(RESULTS_ARGS) >> results/results.log 2>&1 &
+	@echo "experiments.results started in the background; follow it with: tail -f results/results.log"
 
 # The paper-budget stage (README "Does HUG match CE?"): 12 runs of ~19,800 SGD steps, ~4-5 h on 2
 # CPU cores, in the background. Resumable per job: finished jobs (their records in
@@ -68,5 +71,5 @@ PAPER_BUDGET_ARGS ?=
 .PHONY: paper-budget
 paper-budget: install fashion-mnist
 	mkdir -p results
-	nohup $(BIN)/python -m hugnc.tools.results --stages paper_budget --resume $(PAPER_BUDGET_ARGS) >> results/paper_budget.log 2>&1 &
+	nohup $(BIN)/python -m experiments.results --stages paper_budget --resume $(PAPER_BUDGET_ARGS) >> results/paper_budget.log 2>&1 &
 	@echo "paper_budget started in the background; follow it with: tail -f results/paper_budget.log"

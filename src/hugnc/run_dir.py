@@ -84,7 +84,8 @@ def job_dirs(sweep_dir: str | Path) -> list[Path]:
 
 
 def write_status(run_dir: str | Path, content: dict[str, Any]) -> None:
-    """``metrics.json`` (rank 0 only): ``status`` and the final metrics, read by sweep reports."""
+    """``metrics.json`` (rank 0 only): ``status`` and the final metrics, read by sweep reports and
+    the README's results pipeline (``experiments/``)."""
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank != 0:

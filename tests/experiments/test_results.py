@@ -1,9 +1,9 @@
-"""`hugnc-results`: the plan and its budget, tuning on val only, resuming, and a real quick run."""
+"""`python -m experiments.results`: the plan and its budget, tuning on val only, resuming, a real
+quick run."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hugnc.tools import results
+from experiments.results import plan, runner, table
+from hugnc.config import config_dir
 from hugnc.tools.report import JobResult
 
 
@@ -38,16 +39,16 @@ def test_select_tuned_uses_validation_never_test() -> None:
         _tune_job("mgd_hug", 64, "0.15", "0.3", "0.05", val=0.5, test=0.1),
         JobResult("nan", {**_tune_job("mgd_hug", 64, "9", "9", "9", 0, 0).params}, "failed"),
     ]
-    chosen = results.select_tuned(jobs)
+    chosen = plan.select_tuned(jobs)
     assert chosen["mhe_hug_d2"] == {"alpha": 0.5, "beta": 1.0, "lr": 0.1, "val/acc": 0.8, "n": 1}
     assert chosen["mgd_hug_d64"]["beta"] == 0.3  # the failed cell is ignored
     assert set(chosen) == {"mhe_hug_d2", "mgd_hug_d64"}
     with pytest.raises(ValueError, match="validation metric"):
-        results.select_tuned(jobs, metric="test/acc")
+        plan.select_tuned(jobs, metric="test/acc")
 
 
 def test_default_plan_fits_the_budget_and_never_tests_while_tuning() -> None:
-    stages = results.build_stages(results.Options(), {})
+    stages = plan.build_stages(plan.Options(), {})
     assert [(s.name, s.expected_jobs) for s in stages] == [
         ("tune", 72),
         ("main", 42),
@@ -56,7 +57,7 @@ def test_default_plan_fits_the_budget_and_never_tests_while_tuning() -> None:
     ]
     total_minutes = sum(s.estimate_s for s in stages) / 60
     assert 60 < total_minutes < 90
-    tune_conf = yaml.safe_load((results.config_dir() / "sweep" / "results_tune.yaml").read_text())
+    tune_conf = yaml.safe_load((config_dir() / "sweep" / "results_tune.yaml").read_text())
     assert tune_conf["test"] is False
     main = stages[1]
     assert {s.name for s in main.settings} == {
@@ -73,13 +74,13 @@ def test_default_plan_fits_the_budget_and_never_tests_while_tuning() -> None:
 
 
 def test_setting_config_carries_tuned_weights() -> None:
-    text = results.Setting("mgd_hug", "tuned", 64, 0.5, 3.0, 0.1).config_text()
+    text = plan.Setting("mgd_hug", "tuned", 64, 0.5, 3.0, 0.1).config_text()
     config = yaml.safe_load(text)
     assert config["defaults"] == [{"override /loss": "mgd_hug"}]
     assert config["loss"] == {"alpha": 0.5, "beta": 3.0}
     assert config["optimizer"] == {"lr": 0.1}
     assert config["results"] == {"setting": "mgd_hug_tuned", "weights": "tuned"}
-    paper = yaml.safe_load(results.Setting("mhe_hug", "paper", 2).config_text())
+    paper = yaml.safe_load(plan.Setting("mhe_hug", "paper", 2).config_text())
     assert "alpha" not in paper.get("loss", {}) and paper["model"] == {"feature_dim": 2}
 
 
@@ -93,15 +94,15 @@ def _job_dir(stage: Path, num: int, metrics: dict | None) -> None:
 
 def test_stage_finished_only_when_every_job_ran_to_its_end(tmp_path: Path) -> None:
     stage = tmp_path / "main"
-    assert not results.stage_finished(stage, 2)
+    assert not runner.stage_finished(stage, 2)
     _job_dir(stage, 0, {"status": "completed", "test/acc": 0.9})
     _job_dir(stage, 1, {"status": "failed", "error": "FloatingPointError: loss is nan"})
-    assert results.stage_finished(stage, 2)  # a NaN job would fail again: finished
-    assert not results.stage_finished(stage, 3)  # a job never started
+    assert runner.stage_finished(stage, 2)  # a NaN job would fail again: finished
+    assert not runner.stage_finished(stage, 3)  # a job never started
     (stage / "1" / "metrics.json").write_text(json.dumps({"status": "failed", "error": "SIGTERM"}))
-    assert not results.stage_finished(stage, 2)  # killed: run again
+    assert not runner.stage_finished(stage, 2)  # killed: run again
     (stage / "1" / "metrics.json").unlink()
-    assert not results.stage_finished(stage, 2)
+    assert not runner.stage_finished(stage, 2)
 
 
 def test_existing_results_dir_is_never_overwritten(
@@ -111,26 +112,22 @@ def test_existing_results_dir_is_never_overwritten(
     out.mkdir(parents=True)
     (out / "README.md").write_text("the measured table")
     with pytest.raises(SystemExit, match="exists; nothing was changed"):
-        results.main(["--quick", "--out", str(out)])
-    with pytest.raises(SystemExit, match="needs a hugnc-results directory"):
-        results.main(["--quick", "--out", str(out), "--resume"])
+        runner.main(["--quick", "--out", str(out)])
+    with pytest.raises(SystemExit, match="needs a results directory"):
+        runner.main(["--quick", "--out", str(out), "--resume"])
     assert [p.name for p in out.iterdir()] == ["README.md"]
     assert (out / "README.md").read_text() == "the measured table"
     capsys.readouterr()
-    assert results.main(["--dry-run"]) == 0
+    assert runner.main(["--dry-run"]) == 0
     assert "total     ~" in capsys.readouterr().out
 
 
 @pytest.mark.slow
 @pytest.mark.real_data
-def test_quick_results_end_to_end_and_resume(tmp_path: Path, fashion_mnist_dir: Path) -> None:
+def test_quick_results_end_to_end_and_resume(tmp_path: Path, pipeline_env: dict) -> None:
     out = tmp_path / "results" / "quick"
-    env = os.environ | {
-        "HUGNC_DATA_DIR": str(fashion_mnist_dir),
-        "HUGNC_LOG_DIR": str(tmp_path / "logs"),
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [sys.executable, "-m", "hugnc.tools.results", "--quick", "--out", str(out)]
+    env = pipeline_env
+    command = [sys.executable, "-m", "experiments.results", "--quick", "--out", str(out)]
     first = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
     )
@@ -211,7 +208,7 @@ def test_table_has_robust_columns_when_logged_and_marks_missing_rows(tmp_path: P
         metrics = {"status": "completed", "test/acc": acc, "test/nc/nc1": 0.5}
         metrics |= {"test/robust_acc/pgd10": acc / 2}
         (job / "metrics.json").write_text(json.dumps(metrics))
-    readme, csv_path = results.write_results(tmp_path, {})
+    readme, csv_path = table.write_results(tmp_path, {})
     text = readme.read_text()
     assert "| robust acc pgd10 | failed |" in text
     (row,) = [line for line in text.splitlines() if line.startswith("| CE | 2 |")]

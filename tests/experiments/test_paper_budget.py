@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from hugnc.tools import paper_budget, results
-from hugnc.tools.paper_budget import BudgetJob
+from experiments.paper_budget import plan, records
+from experiments.paper_budget import runner as budget_runner
+from experiments.paper_budget.plan import BudgetJob
+from experiments.results import runner
 
 PAPER_WEIGHTS = {"mhe_hug": (0.15, 0.015), "mhs_hug": (0.15, 0.015), "mgd_hug": (0.15, 0.03)}
 
 
-@pytest.mark.parametrize("loss", paper_budget.LOSSES)
+@pytest.mark.parametrize("loss", plan.LOSSES)
 def test_protocol_is_the_papers_optimizer_schedule_and_weights_at_its_step_count(
     compose_cfg, loss: str
 ) -> None:
@@ -41,25 +42,25 @@ def test_protocol_is_the_papers_optimizer_schedule_and_weights_at_its_step_count
 
 
 def test_jobs_run_seed_0_at_d64_for_every_loss_first() -> None:
-    jobs = paper_budget.plan()
+    jobs = plan.jobs()
     assert len(jobs) == 12 and len({job.name for job in jobs}) == 12
     assert {(j.loss, j.feature_dim, j.seed) for j in jobs[:4]} == {
-        (loss, 64, 0) for loss in paper_budget.LOSSES
+        (loss, 64, 0) for loss in plan.LOSSES
     }
     assert {(j.feature_dim, j.seed) for j in jobs} == {(64, 0), (64, 1), (2, 0)}
-    assert [j.name for j in paper_budget.plan(["mgd_hug_d2_s0"])] == ["mgd_hug_d2_s0"]
+    assert [j.name for j in plan.jobs(["mgd_hug_d2_s0"])] == ["mgd_hug_d2_s0"]
     with pytest.raises(ValueError, match="unknown paper_budget job"):
-        paper_budget.plan(["ce_d3_s0"])
+        plan.jobs(["ce_d3_s0"])
 
 
 def test_a_killed_job_continues_from_its_checkpoint_else_restarts(tmp_path: Path) -> None:
     job = BudgetJob("mhe_hug", 64, 0)
     run_dir = tmp_path / job.name
-    fresh = paper_budget.job_command(job, run_dir, quick=False)
+    fresh = budget_runner.job_command(job, run_dir, quick=False)
     assert "experiment=paper_budget" in fresh and f"hydra.run.dir={run_dir}" in fresh
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    assert paper_budget.job_command(job, run_dir, quick=False)[2:] == [
+    assert budget_runner.job_command(job, run_dir, quick=False)[2:] == [
         "hugnc",
         f"resume={run_dir.resolve()}",
     ]
@@ -77,7 +78,7 @@ def test_curves_merge_the_csv_versions_of_a_resumed_run(tmp_path: Path) -> None:
     (second / "metrics.csv").write_text(
         "epoch,step,train/acc,val/acc,test/acc\n1,19,0.7,,\n1,19,,0.75,\n2,19,,,0.8\n"
     )
-    curves = paper_budget.epoch_curves(tmp_path)
+    curves = records.epoch_curves(tmp_path)
     assert curves == [
         {"epoch": 0.0, "step": 9.0, "train/acc": 0.5, "val/acc": 0.55},
         {"epoch": 1.0, "step": 19.0, "train/acc": 0.7, "val/acc": 0.75},
@@ -105,7 +106,7 @@ def test_commit_takes_only_the_record_and_leaves_other_work_alone(tmp_path: Path
     record = repo / "results" / "paper_budget" / "ce_d64_s0"
     record.mkdir(parents=True)
     (record / "metrics.json").write_text("{}")
-    assert paper_budget.commit([record], "paper_budget: ce_d64_s0 finished")
+    assert budget_runner.commit([record], "paper_budget: ce_d64_s0 finished")
     assert _git(repo, "show", "--name-only", "--format=", "HEAD").split() == [
         "results/paper_budget/ce_d64_s0/metrics.json"
     ]
@@ -120,32 +121,26 @@ def test_existing_record_needs_resume_and_dry_run_prints_the_estimate(
     (record / "ce_d64_s0").mkdir(parents=True)
     (record / "ce_d64_s0" / "metrics.json").write_text('{"status": "completed"}')
     args = ["--stages", "paper_budget", "--out", str(tmp_path / "runs"), "--record", str(record)]
-    assert results.main([*args, "--dry-run"]) == 0
+    assert runner.main([*args, "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "12 jobs (1 recorded)" in printed and "min for the rest" in printed
     with pytest.raises(SystemExit):
-        results.main(args)
+        runner.main(args)
     assert "Continue it with --resume" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     with pytest.raises(SystemExit):
-        results.main(["--stages", "paper_budget,main"])
+        runner.main(["--stages", "paper_budget,main"])
 
 
 @pytest.mark.slow
 @pytest.mark.real_data
-def test_quick_stage_records_jobs_and_resume_skips_them(
-    tmp_path: Path, fashion_mnist_dir: Path
-) -> None:
+def test_quick_stage_records_jobs_and_resume_skips_them(tmp_path: Path, pipeline_env: dict) -> None:
     out, record = tmp_path / "runs", tmp_path / "record"
-    env = os.environ | {
-        "HUGNC_DATA_DIR": str(fashion_mnist_dir),
-        "HUGNC_LOG_DIR": str(tmp_path / "logs"),
-        "OMP_NUM_THREADS": "1",
-    }
+    env = pipeline_env
     command = [
         sys.executable,
         "-m",
-        "hugnc.tools.results",
+        "experiments.results",
         "--stages",
         "paper_budget",
         "--quick",
