@@ -33,7 +33,8 @@ def test_hug_terms_use_the_head_proxies() -> None:
     criterion = HUGLoss("mgd", 0.15, 0.03)
     out = criterion(features, head.classifier, targets)
     terms = criterion.loss_terms(features, targets, head, logits=torch.zeros(8, 3))
-    assert terms == {"loss": out.loss, "loss_inter": out.inter, "loss_intra": out.intra}
+    assert terms == {"loss": out.loss, "loss_intra": out.intra, "loss_inter": out.inter}
+    assert list(terms) == ["loss", "loss_intra", "loss_inter"]
     assert criterion.needs_global_batch
 
 

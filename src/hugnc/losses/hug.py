@@ -77,7 +77,7 @@ class HUGLoss(Criterion):
         self, features: Tensor, targets: Tensor, head: ClassifierHead, logits: Tensor | None = None
     ) -> dict[str, Tensor]:
         out = self(features, head.classifier, targets)
-        return {"loss": out.loss, "loss_inter": out.inter, "loss_intra": out.intra}
+        return {"loss": out.loss, "loss_intra": out.intra, "loss_inter": out.inter}
 
     def extra_repr(self) -> str:
         power = f", mhe_power={self.mhe_power}" if self.variant == "mhe" else ""
