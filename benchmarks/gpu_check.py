@@ -214,8 +214,7 @@ def check_quickstart(device: torch.device, data_dir: Path, quick: bool) -> str:
         "~callbacks.progress_bar",
     ]
     if quick:
-        overrides += ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"]
-        overrides += ["+trainer.limit_test_batches=1", "callbacks.neural_collapse.max_batches=1"]
+        overrides += ["debug=limit", "callbacks.neural_collapse.max_batches=1"]
     start = time.perf_counter()
     metrics = train(bench_training.compose_config(overrides))
     seconds = time.perf_counter() - start

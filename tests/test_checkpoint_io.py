@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import hugnc_env
+from helpers.cli_runs import hugnc_env
 
 import hugnc.checkpoint
 from hugnc.checkpoint import AtomicCheckpointIO, CheckpointWriteError, atomic_torch_save
@@ -20,8 +20,7 @@ from hugnc.train import train
 THREE_EPOCHS = (
     "trainer=cpu",
     "trainer.max_epochs=3",
-    "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=1",
+    "debug=limit",
     "data.train_subset=512",
     "data.batch_size=64",
     "logger=none",

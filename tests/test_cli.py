@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from cli_runs import run_hugnc
+from helpers.cli_runs import run_hugnc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,8 +44,8 @@ def test_start_line_says_what_runs_and_first_epoch_projects_the_time(
         "loss=mgd_hug",
         "logger=csv",
         "trainer.max_epochs=3",
-        "+trainer.limit_train_batches=2",
-        "+trainer.limit_val_batches=1",
+        "debug=limit",
+        "trainer.limit_train_batches=2",
         "test=false",
         "~callbacks.neural_collapse",
         cwd=tmp_path,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from cli_runs import run_hugnc
+from helpers.cli_runs import run_hugnc
 
 import hugnc.continual
 from hugnc import preflight as preflight_module

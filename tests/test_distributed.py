@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import TINY_EQUIVALENCE_RUN, final_weights, run_hugnc
+from helpers.cli_runs import TINY_EQUIVALENCE_RUN, final_weights, run_hugnc
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 

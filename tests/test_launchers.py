@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import submitit
-from cli_runs import run_hugnc
+from helpers.cli_runs import run_hugnc
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import final_weights, run_hugnc, start_hugnc, wait_for_file
+from helpers.cli_runs import final_weights, run_hugnc, start_hugnc, wait_for_file
 
 from hugnc.run_dir import ResumeError, resume_arguments, rewrite_argv
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from cli_runs import run_hugnc
+from helpers.cli_runs import run_hugnc
 
 from hugnc.tools.report import collect_local, collect_wandb, heatmap_grid, main, swept_keys
 

@@ -54,9 +54,10 @@ def test_loss_config_selects_matching_head(compose_cfg, loss: str) -> None:
 def test_quickstart_on_real_fashion_mnist(compose_cfg) -> None:
     cfg = compose_cfg(
         "experiment=quickstart",
-        "+trainer.limit_train_batches=40",
-        "+trainer.limit_val_batches=2",
-        "+trainer.limit_test_batches=4",
+        "debug=limit",
+        "trainer.limit_train_batches=40",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=4",
         "trainer.max_epochs=2",
         "~callbacks.progress_bar",
     )
@@ -83,9 +84,8 @@ def test_same_seed_same_result(compose_cfg) -> None:
         "loss=mhe_hug",
         "trainer=cpu",
         "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=5",
-        "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=1",
+        "debug=limit",
+        "trainer.limit_train_batches=5",
         "logger=none",
         "~callbacks.progress_bar",
         "model.widths=[8,8,8]",

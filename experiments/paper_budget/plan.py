@@ -24,9 +24,7 @@ DEFAULT_RECORD = Path("results/paper_budget")
 QUICK_OVERRIDES = (
     "data.train_subset=512",
     "trainer.max_epochs=2",
-    "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1",
+    "debug=limit",
     "callbacks.neural_collapse.max_batches=1",
 )
 

@@ -37,9 +37,8 @@ ROBUST_OVERRIDES = (
 QUICK_OVERRIDES = (
     "data.train_subset=512",
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1",
+    "debug=limit",
+    "trainer.limit_train_batches=2",
 )
 #: ``--quick`` continual stage: 2 tasks instead of 5 (each task's fit has a fixed cost).
 QUICK_CONTINUAL_OVERRIDES = ("data.num_tasks=2",)

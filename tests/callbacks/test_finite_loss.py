@@ -160,7 +160,7 @@ def _nan_on_rank_1_body(rank: int, world_size: int, out_dir: str) -> None:
 def test_nan_on_one_ddp_rank_stops_every_rank_at_that_step(tmp_path) -> None:
     import json
 
-    from two_ranks import run_two_ranks
+    from helpers.two_ranks import run_two_ranks
 
     run_two_ranks(_nan_on_rank_1_body, tmp_path, timeout=60)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -7,9 +7,9 @@ import math
 import matplotlib.pyplot as plt
 import pytest
 import torch
+from helpers.two_ranks import run_two_ranks
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from two_ranks import run_two_ranks
 
 from hugnc.callbacks import NeuralCollapseMonitor
 from hugnc.data import split_loader

@@ -80,9 +80,9 @@ def test_quickstart_logs_nc_gnc_writes_pictures_and_matches_the_metric(compose_c
     the pictures and curves on disk and in W&B, numbers equal to the metric on the same data."""
     cfg = compose_cfg(
         "experiment=quickstart",
-        "+trainer.limit_train_batches=8",
-        "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=2",
+        "debug=limit",
+        "trainer.limit_train_batches=8",
+        "trainer.limit_test_batches=2",
         "trainer.max_epochs=2",
         "~callbacks.progress_bar",
         "callbacks.neural_collapse.max_batches=2",
@@ -143,9 +143,7 @@ def test_ce_3d_on_val_every_second_epoch_without_test(compose_cfg) -> None:
         "trainer=cpu",
         "logger=csv",
         "trainer.max_epochs=3",
-        "+trainer.limit_train_batches=3",
-        "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=1",
+        "debug=limit",
         "~callbacks.progress_bar",
         "model.feature_dim=3",
         "model.widths=[8,8,8]",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import run_hugnc, start_hugnc, wait_for_file
+from helpers.cli_runs import run_hugnc, start_hugnc, wait_for_file
 from lightning import Callback, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, TensorDataset
@@ -79,6 +79,20 @@ def test_signal_saves_a_checkpoint_at_the_next_batch_and_stops(
     assert checkpoint["epoch"] == 1
     # The process's own handlers are back once the fit is over.
     assert signal.getsignal(signum) == previous_handler
+
+
+def test_the_saver_is_the_preemption_callback_whatever_comes_before(tmp_path: Path) -> None:
+    """Other callbacks have a ``saved`` attribute too (the NC monitor's pictures): the run's
+    preempted status must come from the preemption callback, not from the first one found."""
+    from hugnc.callbacks import NeuralCollapseMonitor, PreemptedError
+    from hugnc.train import preemption_saver
+
+    pictures = NeuralCollapseMonitor(output_dir=str(tmp_path))
+    pictures.saved["feature_geometry_train"] = tmp_path / "feature_geometry_train.png"
+    preemption = PreemptionCheckpoint(dirpath=str(tmp_path), filename="last")
+    assert preemption_saver([pictures, preemption]) is None
+    preemption.saved = PreemptedError(15, str(tmp_path / "last.ckpt"))
+    assert preemption_saver([pictures, preemption]) is preemption
 
 
 def test_no_signal_no_checkpoint(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from cli_runs import TINY_EQUIVALENCE_RUN, final_weights, run_hugnc
+from helpers.cli_runs import TINY_EQUIVALENCE_RUN, final_weights, run_hugnc
 from hydra.utils import instantiate
 from lightning import Callback, LightningModule, Trainer, seed_everything
 from scipy import stats

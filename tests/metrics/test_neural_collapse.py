@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from two_ranks import run_two_ranks
+from helpers.two_ranks import run_two_ranks
 
 from hugnc.metrics import PINV_RTOL, NeuralCollapse, optimal_min_angle_deg
 
