@@ -50,22 +50,18 @@ def _stage_jobs(out: Path, stage: str) -> list[JobResult]:
         return []
 
 
+def _plain(summary: GroupSummary | None, metric: str, digits: int, scale: float = 1.0) -> str:
+    """``mean ± std`` of ``metric`` over the group's seeds (``mean`` alone for one seed)."""
+    if summary is None or metric not in summary.stats:
+        return "-"
+    mean, std, count = summary.stats[metric]
+    if count > 1 and not math.isnan(std):
+        return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+    return f"{scale * mean:.{digits}f}"
+
+
 def _percent(summary: GroupSummary | None, metric: str) -> str:
-    if summary is None or metric not in summary.stats:
-        return "-"
-    mean, std, count = summary.stats[metric]
-    if count > 1 and not math.isnan(std):
-        return f"{100 * mean:.2f} ± {100 * std:.2f}"
-    return f"{100 * mean:.2f}"
-
-
-def _plain(summary: GroupSummary | None, metric: str, digits: int) -> str:
-    if summary is None or metric not in summary.stats:
-        return "-"
-    mean, std, count = summary.stats[metric]
-    if count > 1 and not math.isnan(std):
-        return f"{mean:.{digits}f} ± {std:.{digits}f}"
-    return f"{mean:.{digits}f}"
+    return _plain(summary, metric, digits=2, scale=100.0)
 
 
 def _weights_text(setting: Setting, jobs: Sequence[JobResult]) -> str:

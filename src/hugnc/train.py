@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from hugnc.callbacks.preemption import PreemptionCheckpoint
 from hugnc.host_memory import retain_freed_host_memory
 from hugnc.loggers import finish_loggers
 from hugnc.module import HUGClassifier
@@ -89,7 +90,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
             trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
             metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
     except SIGTERMException as error:
-        saver = next((c for c in callbacks if getattr(c, "saved", None)), None)
+        saver = preemption_saver(callbacks)
         preempted = saver.saved if saver is not None else None
         if saver is not None:
             saver.ignore_further_signals()
@@ -106,6 +107,13 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     close_loggers(loggers, failed=False)
     write_status(output_dir, {"status": "completed", **metrics})
     return metrics
+
+
+def preemption_saver(callbacks: Sequence[Callback]) -> PreemptionCheckpoint | None:
+    """The preemption callback that saved a checkpoint on a signal, or ``None``."""
+    return next(
+        (c for c in callbacks if isinstance(c, PreemptionCheckpoint) and c.saved is not None), None
+    )
 
 
 def close_loggers(loggers: list[Logger], failed: bool) -> None:
