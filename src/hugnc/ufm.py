@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from hugnc.config import config_dir
 from hugnc.losses import Criterion
 from hugnc.metrics import NeuralCollapse
+from hugnc.models.heads import Head
 
 #: Rows per NeuralCollapse.update call (bounds the float64 copy in the metric).
 MEASURE_CHUNK = 8192
@@ -120,9 +121,10 @@ class UnconstrainedFeatures(nn.Module):
     """
 
     labels: Tensor
+    head: Head
 
     def __init__(
-        self, head: nn.Module, num_classes: int, samples_per_class: int, feature_dim: int
+        self, head: Head, num_classes: int, samples_per_class: int, feature_dim: int
     ) -> None:
         super().__init__()
         if tuple(head.classifier.shape) != (num_classes, feature_dim):
@@ -206,6 +208,7 @@ def simulate(
         if on_measure is not None:
             on_measure(entry)
 
+    features: Tensor
     for step in range(settings.steps):
         if step % settings.log_every == 0:
             record(step)
