@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import torch
@@ -304,7 +304,7 @@ def run_ufm(cfg: DictConfig) -> dict[str, Any]:
     """
     from hydra.utils import instantiate
 
-    settings = UFMSettings(**OmegaConf.to_container(cfg.ufm, resolve=True))  # type: ignore[arg-type]
+    settings = UFMSettings(**cast(dict[str, Any], OmegaConf.to_container(cfg.ufm, resolve=True)))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
