@@ -31,7 +31,7 @@ fashion-mnist:
 demo: install fashion-mnist
 	$(BIN)/python -m hugnc experiment=quickstart
 
-# Lint first: a style or import error fails in seconds, before the suite's minutes.
+# Lint first: a style, import or type error fails in seconds, before the suite's minutes.
 test: lint fashion-mnist
 	$(BIN)/python -m pytest -q
 
@@ -39,6 +39,7 @@ LINTED := src tests benchmarks experiments
 lint: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy  # files and settings: [tool.mypy] in pyproject.toml
 
 bench: install
 	$(BIN)/python benchmarks/bench_losses.py

@@ -30,7 +30,8 @@ def _run(cfg: DictConfig) -> float | None:
         # Full disk, quota, read-only: the user's to fix, so one line rather than a traceback.
         sys.exit(f"hugnc: {error}")
     accuracy = metrics.get("test/acc")
-    if rank_zero_only.rank == 0:
+    # Lightning's stubs type rank_zero_only as a function; it carries the process rank.
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
         summary = f"test/acc = {accuracy:.4f}" if accuracy is not None else "no test metrics"
         print(f"{summary}; run directory: {cfg.paths.output_dir}")
     return accuracy if accuracy is not None else metrics.get("val/acc")

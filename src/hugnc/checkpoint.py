@@ -49,7 +49,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
-        if error.errno not in STORAGE_ERRNOS:
+        if error.errno is None or error.errno not in STORAGE_ERRNOS:
             raise
         intact = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
         raise CheckpointWriteError(
@@ -72,6 +72,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"{type(self).__name__} takes no storage_options, got {storage_options!r}"
             )
         if "://" in str(path):  # remote file systems: Lightning's fsspec writer
-            super().save_checkpoint(checkpoint, path, storage_options)
+            super().save_checkpoint(checkpoint, str(path), storage_options)
             return
         atomic_torch_save(checkpoint, path)

@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import torch
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from hugnc.config import config_dir
 from hugnc.data import ContinualDataModule
 from hugnc.launching import install_hydra_ddp_launcher, isolated_ddp_job, register_launcher_plugins
+from hugnc.models.heads import Head
 from hugnc.preflight import preflight
 from hugnc.run_dir import write_status
 from hugnc.train import (
@@ -40,13 +41,20 @@ from hugnc.train import (
 Matrix = Sequence[Sequence[float | None]]
 
 
+def _measured(matrix: Matrix, t: int, i: int) -> float:
+    """R[t][i]; the task loop fills R[t][i] for every i <= t before it is read."""
+    value = matrix[t][i]
+    assert value is not None, f"R[{t}][{i}] read before it was measured"
+    return value
+
+
 def average_accuracy(matrix: Matrix, t: int | None = None) -> float:
     """Mean accuracy on the tasks seen after task ``t`` (default: the last): mean_i<=t R[t][i].
 
     ``matrix[t][i]`` is R[t][i], the accuracy on task i after training on task t.
     """
     t = len(matrix) - 1 if t is None else t
-    return sum(matrix[t][: t + 1]) / (t + 1)
+    return sum(_measured(matrix, t, i) for i in range(t + 1)) / (t + 1)
 
 
 def average_forgetting(matrix: Matrix, t: int | None = None) -> float:
@@ -58,7 +66,13 @@ def average_forgetting(matrix: Matrix, t: int | None = None) -> float:
     t = len(matrix) - 1 if t is None else t
     if t == 0:
         return 0.0
-    return sum(max(matrix[s][i] for s in range(i, t)) - matrix[t][i] for i in range(t)) / t
+    return (
+        sum(
+            max(_measured(matrix, s, i) for s in range(i, t)) - _measured(matrix, t, i)
+            for i in range(t)
+        )
+        / t
+    )
 
 
 class TaskMaskedHead(nn.Module):
@@ -68,7 +82,10 @@ class TaskMaskedHead(nn.Module):
     classes of the task being trained or tested with :meth:`set_classes`.
     """
 
-    def __init__(self, head: nn.Module, num_classes: int) -> None:
+    head: Head
+    allowed: Tensor
+
+    def __init__(self, head: Head, num_classes: int) -> None:
         super().__init__()
         self.head = head
         self.register_buffer("allowed", torch.ones(num_classes, dtype=torch.bool), persistent=False)
@@ -146,7 +163,7 @@ def train_continual(cfg: DictConfig) -> dict[str, Any]:
         if datamodule.task_incremental:
             module.head = TaskMaskedHead(module.head, datamodule.num_classes)
         loggers = instantiate_all(cfg.get("logger"))
-        hyperparams = OmegaConf.to_container(cfg, resolve=True)
+        hyperparams = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
         for logger in loggers:
             logger.log_hyperparams(hyperparams | {"continual/tasks": datamodule.tasks})
         results = _run_tasks(cfg, datamodule, module, loggers)
@@ -174,7 +191,7 @@ def _run_tasks(
     for task in range(num_tasks):
         datamodule.set_task(task)
         if datamodule.task_incremental:
-            module.head.set_classes(datamodule.tasks[task])
+            cast(TaskMaskedHead, module.head).set_classes(datamodule.tasks[task])
         trainer: Trainer = instantiate(
             cfg.trainer, callbacks=_task_callbacks(cfg, task, carry), logger=loggers or False
         )
@@ -182,7 +199,7 @@ def _run_tasks(
         for seen in range(task + 1):
             datamodule.eval_task = seen
             if datamodule.task_incremental:
-                module.head.set_classes(datamodule.tasks[seen])
+                cast(TaskMaskedHead, module.head).set_classes(datamodule.tasks[seen])
             trainer.test(module, datamodule=datamodule, verbose=False)
             R[task][seen] = float(trainer.callback_metrics["test/acc"])
         summary = {
@@ -191,13 +208,12 @@ def _run_tasks(
         }
         per_task.append(summary)
         metrics = {f"continual/{key}": value for key, value in summary.items()}
-        metrics |= {f"continual/acc_task_{i}": R[task][i] for i in range(task + 1)}
+        metrics |= {f"continual/acc_task_{i}": _measured(R, task, i) for i in range(task + 1)}
         for logger in loggers:
             logger.log_metrics(metrics | {"continual/task": task})
             logger.save()  # logged after the trainer's last flush
-        rank_zero_info(
-            f"after task {task}: R[{task}] = {[round(a, 4) for a in R[task][: task + 1]]}"
-        )
+        row = [round(_measured(R, task, i), 4) for i in range(task + 1)]
+        rank_zero_info(f"after task {task}: R[{task}] = {row}")
     return {
         "dataset": datamodule.dataset,
         "scenario": datamodule.scenario,
@@ -219,7 +235,8 @@ def _run(cfg: DictConfig) -> float:
     install_hydra_ddp_launcher()
     with isolated_ddp_job():
         results = train_continual(cfg)
-    if rank_zero_only.rank == 0:
+    # Lightning's stubs type rank_zero_only as a function; it carries the process rank.
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
         print(
             f"average accuracy = {results['average_accuracy']:.4f}, average forgetting = "
             f"{results['average_forgetting']:.4f}; run directory: {cfg.paths.output_dir}"

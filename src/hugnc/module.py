@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from hugnc.distributed import gather_batch
 from hugnc.losses import Criterion
+from hugnc.models.heads import Head
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -39,10 +40,13 @@ class HUGClassifier(LightningModule):
             compilation (README, Performance); worth it for long runs only.
     """
 
+    # Declared for the type checker: nn.Module's __getattr__ would type them `Tensor | Module`.
+    head: Head
+
     def __init__(
         self,
         backbone: nn.Module,
-        head: nn.Module,
+        head: Head,
         criterion: Criterion,
         optimizer: OptimizerFactory,
         num_classes: int,
@@ -99,7 +103,7 @@ class HUGClassifier(LightningModule):
             return self.criterion.loss_terms(features, targets, self.head)
         return self.criterion.loss_terms(features, targets, self.head, logits)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Any]:
         images, targets = batch
         features = self.features(images)
         logits = self.head.logits(features)
@@ -170,13 +174,13 @@ class HUGClassifier(LightningModule):
             on_step=False,
         )
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
         return self._step(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
         return self._step(batch, "test")
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:

@@ -190,6 +190,7 @@ def cosine_heatmaps_figure(
         else:
             ax.set_xlabel("class")
             ax.set_ylabel("class")
+    assert image is not None  # the loop above drew both panels
     colourbar = fig.colorbar(image, ax=axes[1], fraction=0.046, pad=0.04, label="cosine")
     colourbar.ax.axhline(etf, color="k", lw=2)
     ticks = [t for t in (-1.0, -0.5, 0.0, 0.5, 1.0) if abs(t - etf) >= 0.1]

@@ -37,10 +37,12 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+
+from hugnc.models.heads import Head
 
 #: The attacks :func:`build_attack` knows (L-inf).
 ATTACKS = ("fgsm", "pgd")
@@ -210,10 +212,13 @@ class LogitsModel(nn.Module):
     restores the training mode it finds after every attack).
     """
 
+    backbone: nn.Module
+    head: Head
+
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
-        self.backbone = module.backbone
-        self.head = module.head
+        self.backbone = cast(nn.Module, module.backbone)
+        self.head = cast(Head, module.head)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head.logits(self.backbone(images))

@@ -19,7 +19,7 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -88,7 +88,8 @@ def write_status(run_dir: str | Path, content: dict[str, Any]) -> None:
     the README's results pipeline (``experiments/``)."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    if rank_zero_only.rank != 0:
+    # Lightning's stubs type rank_zero_only as a function; it carries the process rank.
+    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]
         return
     path = metrics_file(run_dir)
     try:
@@ -139,7 +140,7 @@ def load_run_config(run_dir: str | Path, data_dir: str | Path | None = None) -> 
         return str(value)
 
     text = _HYDRA_INTERPOLATION.sub(hydra_value, config_path.read_text())
-    cfg = OmegaConf.create(text)
+    cfg = cast(DictConfig, OmegaConf.create(text))  # a run's config.yaml is a mapping
     if data_dir is not None:
         cfg.paths.data_dir = str(data_dir)
     return cfg

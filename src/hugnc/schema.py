@@ -471,13 +471,14 @@ def _target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]
             if not path and key == "hydra":
                 continue
             child = node._get_node(key)
+            name = str(key)
             if isinstance(child, DictConfig | ListConfig) and not child._is_none():
-                yield from _target_nodes(child, f"{path}.{key}" if path else str(key))
+                yield from _target_nodes(child, f"{path}.{name}" if path else name)
     elif isinstance(node, ListConfig):
         for index in range(len(node)):
-            child = node._get_node(index)
-            if isinstance(child, DictConfig | ListConfig) and not child._is_none():
-                yield from _target_nodes(child, f"{path}[{index}]")
+            item = node._get_node(index)
+            if isinstance(item, DictConfig | ListConfig) and not item._is_none():
+                yield from _target_nodes(item, f"{path}[{index}]")
 
 
 def _check_rules(cfg: DictConfig, deferred: bool) -> list[Problem]:
@@ -564,6 +565,7 @@ def _check_structure(cfg: DictConfig) -> list[Problem]:
             continue
         for name in map(str, entries):
             entry = entries._get_node(name)
+            assert entry is not None  # name is one of entries' keys
             if entry._is_none() or (isinstance(entry, DictConfig) and "_target_" in entry):
                 continue
             problems.append(Problem(f"{group}.{name}", "needs a _target_ (or null to drop it)"))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from hydra.utils import instantiate
-from lightning import Callback, LightningDataModule, Trainer, seed_everything
+from lightning import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +20,10 @@ from hugnc.host_memory import retain_freed_host_memory
 from hugnc.loggers import finish_loggers
 from hugnc.module import HUGClassifier
 from hugnc.run_dir import write_status
+
+if TYPE_CHECKING:
+    from hugnc.data import ContinualDataModule, ImageDataModule
+
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +79,20 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     try:
         seed_everything(cfg.seed, workers=True)
         configure_process(cfg)
-        datamodule: LightningDataModule = instantiate(cfg.data)
+        datamodule: ImageDataModule | ContinualDataModule = instantiate(cfg.data)
         module = build_module(cfg, datamodule.input_shape)
         callbacks = [*instantiate_all(cfg.get("callbacks")), *extra_callbacks]
         loggers = instantiate_all(cfg.get("logger"))
         trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            logger.log_hyperparams(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))
 
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.test:
             # fast_dev_run keeps no checkpoint, so "best" only when a checkpoint exists.
             checkpoint = trainer.checkpoint_callback
-            best = checkpoint.best_model_path if checkpoint else ""
+            best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
             trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
             metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
     except SIGTERMException as error:

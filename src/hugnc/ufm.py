@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import torch
@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from hugnc.config import config_dir
 from hugnc.losses import Criterion
 from hugnc.metrics import NeuralCollapse
+from hugnc.models.heads import Head
 
 #: Rows per NeuralCollapse.update call (bounds the float64 copy in the metric).
 MEASURE_CHUNK = 8192
@@ -120,9 +121,10 @@ class UnconstrainedFeatures(nn.Module):
     """
 
     labels: Tensor
+    head: Head
 
     def __init__(
-        self, head: nn.Module, num_classes: int, samples_per_class: int, feature_dim: int
+        self, head: Head, num_classes: int, samples_per_class: int, feature_dim: int
     ) -> None:
         super().__init__()
         if tuple(head.classifier.shape) != (num_classes, feature_dim):
@@ -206,6 +208,7 @@ def simulate(
         if on_measure is not None:
             on_measure(entry)
 
+    features: Tensor
     for step in range(settings.steps):
         if step % settings.log_every == 0:
             record(step)
@@ -301,7 +304,7 @@ def run_ufm(cfg: DictConfig) -> dict[str, Any]:
     """
     from hydra.utils import instantiate
 
-    settings = UFMSettings(**OmegaConf.to_container(cfg.ufm, resolve=True))  # type: ignore[arg-type]
+    settings = UFMSettings(**cast(dict[str, Any], OmegaConf.to_container(cfg.ufm, resolve=True)))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)

@@ -64,8 +64,8 @@ class FiniteLossGuard(Callback):
         # DDP ranks: every rank reaches this check at the same steps, so all of them stop at the
         # same one instead of the others waiting in a collective for the rank that raised.
         positions = torch.arange(len(pending), device=losses.device)
-        first = torch.where(torch.isfinite(losses), len(pending), positions).min()
-        first = int(trainer.strategy.reduce(first, reduce_op="min"))  # one device read
+        local_first = torch.where(torch.isfinite(losses), len(pending), positions).min()
+        first = int(trainer.strategy.reduce(local_first, reduce_op="min"))  # one device read
         if first == len(pending):
             return
         (epoch, step, batch_idx, names), values = pending[first]

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from hugnc.callbacks._lightning import datamodule, fast_dev_run, head
 from hugnc.data.subsets import SPLITS, split_loader
 from hugnc.metrics.geometry import (
     FeatureSample,
@@ -120,10 +121,10 @@ class NeuralCollapseMonitor(Callback):
 
     def _loader(self, trainer: Trainer, split: str) -> DataLoader:
         max_batches = self.max_batches
-        if trainer.fast_dev_run:  # as Lightning's loops: 1 batch (or fast_dev_run=n batches)
-            max_batches = int(trainer.fast_dev_run)
+        if fast_dev_run(trainer):  # as Lightning's loops: 1 batch (or fast_dev_run=n batches)
+            max_batches = int(fast_dev_run(trainer))
         return split_loader(
-            trainer.datamodule,
+            datamodule(trainer),
             split,
             max_batches=max_batches,
             batch_size=self.batch_size,
@@ -155,7 +156,7 @@ class NeuralCollapseMonitor(Callback):
 
     def _plotting(self, trainer: Trainer) -> bool:
         # fast_dev_run (trainer=debug) checks a config in seconds: metrics yes, pictures no.
-        return self.plots and trainer.is_global_zero and not trainer.fast_dev_run
+        return self.plots and trainer.is_global_zero and not fast_dev_run(trainer)
 
     def _save_and_log_figures(self, trainer: Trainer, result: GeometryResult, split: str) -> None:
         if not self._plotting(trainer):
@@ -165,7 +166,7 @@ class NeuralCollapseMonitor(Callback):
             result,
             self.output_dir,
             split,
-            class_names=getattr(trainer.datamodule, "classes", None),
+            class_names=getattr(datamodule(trainer), "classes", None),
             title=title,
         )
         self.saved.update({f"{name}_{split}": path for name, path in paths.items()})
@@ -191,7 +192,7 @@ class NeuralCollapseMonitor(Callback):
         periodic = self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0
         if not (last or periodic):
             return
-        if trainer.datamodule is None:
+        if datamodule(trainer) is None:
             rank_zero_warn("NeuralCollapseMonitor needs a datamodule: none given, skipped")
             return
         try:
@@ -235,7 +236,7 @@ class NeuralCollapseMonitor(Callback):
     def _on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.test:
             return
-        classifier = pl_module.head.classifier
+        classifier = head(pl_module).classifier
         try:
             loader = self._loader(trainer, "train")
         except (AttributeError, TypeError) as error:
@@ -246,8 +247,10 @@ class NeuralCollapseMonitor(Callback):
                 pl_module, loader, trainer.precision_plugin.forward_context
             )
         means = self._test_means
+        num_classes, feature_dim = classifier.shape
         self._test_metric = NeuralCollapse(
-            *classifier.shape,
+            num_classes,
+            feature_dim,
             class_means=None if means is None else nearest_mean_table(means).to(classifier.device),
         ).to(classifier.device)
         self._test_sample = FeatureSample(self.max_points)
@@ -265,7 +268,7 @@ class NeuralCollapseMonitor(Callback):
             return
         with self._timed(), torch.no_grad():
             features, targets = outputs["features"], outputs["targets"]
-            self._test_metric.update(features, targets, pl_module.head.logits(features))
+            self._test_metric.update(features, targets, head(pl_module).logits(features))
             self._test_sample.add(features, targets)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -283,7 +286,7 @@ class NeuralCollapseMonitor(Callback):
                 # A rank without test batches: torchmetrics warns about compute before update.
                 warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
                 result = geometry_result(
-                    metric, pl_module.head.classifier, self._test_means, sample
+                    metric, head(pl_module).classifier, self._test_means, sample
                 )
         except NotEnoughClassesError as error:
             rank_zero_warn(f"test NC metrics skipped: {error}")

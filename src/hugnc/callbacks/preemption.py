@@ -89,10 +89,15 @@ class PreemptionCheckpoint(Callback):
         if threading.current_thread() is not threading.main_thread():
             return
         environment = trainer._accelerator_connector.cluster_environment
-        slurm_requeue = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+        # SLURM's requeue signal, when Lightning's SLURM environment requeues on it.
+        requeue_signal = (
+            environment.requeue_signal
+            if isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+            else None
+        )
         connector = trainer._signal_connector
         for signum in self.signals:
-            if slurm_requeue and signum == environment.requeue_signal:
+            if requeue_signal is not None and signum == requeue_signal:
                 continue
             previous = signal.getsignal(signum)
             self._previous[signum] = previous

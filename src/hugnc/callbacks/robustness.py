@@ -13,6 +13,8 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from hugnc.callbacks._lightning import datamodule as trainer_datamodule
+from hugnc.callbacks._lightning import fast_dev_run
 from hugnc.data.subsets import split_loader
 from hugnc.robustness import (
     DEFAULT_ALPHA,
@@ -75,11 +77,11 @@ class AdversarialRobustness(Callback):
         self.last_result: RobustnessResult | None = None
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        datamodule = trainer.datamodule
+        datamodule = trainer_datamodule(trainer)
         if datamodule is None:
             rank_zero_warn("AdversarialRobustness needs a datamodule: none given, skipped")
             return
-        max_batches = int(trainer.fast_dev_run) if trainer.fast_dev_run else self.max_batches
+        max_batches = int(fast_dev_run(trainer)) if fast_dev_run(trainer) else self.max_batches
         loader = split_loader(
             datamodule,
             "test",

@@ -7,9 +7,12 @@ import logging
 import math
 import time
 from datetime import datetime, timedelta
+from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+
+from hugnc.callbacks import _lightning
 
 log = logging.getLogger("hugnc")
 
@@ -22,8 +25,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def describe_criterion(criterion: object) -> str:
-    """``MHE-HUG (alpha=0.15, beta=0.015)``, ``CE (label_smoothing=0.0)``..."""
+def describe_criterion(criterion: Any) -> str:
+    """``MHE-HUG (alpha=0.15, beta=0.015)``, ``CE (label_smoothing=0.0)``... (any criterion: its
+    attributes are read when present)."""
     variant = getattr(criterion, "variant", None)
     if variant is not None:
         return f"{variant.upper()}-HUG (alpha={criterion.alpha:g}, beta={criterion.beta:g})"
@@ -42,7 +46,7 @@ class RunSummary(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Every rank: building the training loader below may synchronize the ranks.
-        datamodule = trainer.datamodule
+        datamodule = _lightning.datamodule(trainer)
         data = getattr(datamodule, "dataset_name", type(datamodule).__name__)
         counts = getattr(datamodule, "class_counts", None)
         images = sum(counts) if counts else None
@@ -52,7 +56,7 @@ class RunSummary(Callback):
         steps = trainer.estimated_stepping_batches
         if math.isfinite(steps) and epochs and epochs > 0:
             total += f" x {int(steps) // epochs} steps = {int(steps):,} steps"
-        backbone = pl_module.backbone
+        backbone = _lightning.backbone(pl_module)
         device = trainer.strategy.root_device.type
         devices = f"{trainer.num_devices} x {device}" if trainer.num_devices > 1 else device
         parts = [
@@ -75,7 +79,9 @@ class RunSummary(Callback):
             return
         self._projected = True
         seconds = time.monotonic() - self._epoch_start
-        left = max(trainer.max_epochs - trainer.current_epoch - 1, 0)
+        # None: no epoch limit (Lightning's -1, as with max_steps alone).
+        max_epochs = -1 if trainer.max_epochs is None else trainer.max_epochs
+        left = max(max_epochs - trainer.current_epoch - 1, 0)
         finish = datetime.now() + timedelta(seconds=seconds * left)
         log.info(
             f"first epoch took {_duration(seconds)}; projected {_duration(seconds * left)} "

@@ -34,6 +34,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from hugnc.callbacks._lightning import backbone, fast_dev_run, head
 from hugnc.losses.intra import intra_class_distance
 from hugnc.losses.uniformity import min_pairwise_sq_distance
 from hugnc.metrics.dynamics import (
@@ -77,9 +78,9 @@ class TrainingDynamicsMonitor(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._weights = [w for _, w in scale_invariant_weights(pl_module.backbone)]
+        self._weights = [w for _, w in scale_invariant_weights(backbone(pl_module))]
         if self._hook is None:
-            self._hook = pl_module.backbone.register_forward_hook(self._on_backbone_output)
+            self._hook = backbone(pl_module).register_forward_hook(self._on_backbone_output)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._hook is not None:
@@ -127,7 +128,7 @@ class TrainingDynamicsMonitor(Callback):
             if isinstance(outputs, dict) and "features" in outputs:
                 targets = outputs["targets"]
                 intra = intra_class_distance(
-                    outputs["features"].float(), pl_module.head.classifier, targets
+                    outputs["features"].float(), head(pl_module).classifier, targets
                 )
                 self._sums[_INTRA] += intra * len(targets)
                 self._sums[_INTRA_N] += len(targets)
@@ -143,7 +144,7 @@ class TrainingDynamicsMonitor(Callback):
                 "feature_grad_norm": sums[_GRAD] / sums[_GRAD_N],
                 "intra_distance": sums[_INTRA] / sums[_INTRA_N],
                 "classifier_min_angle_deg": angle_deg_from_sq_distance(
-                    min_pairwise_sq_distance(pl_module.head.classifier.detach())
+                    min_pairwise_sq_distance(head(pl_module).classifier.detach())
                 ),
             }
             if self._weights:
@@ -164,7 +165,7 @@ class TrainingDynamicsMonitor(Callback):
         )
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.history or trainer.global_rank != 0 or trainer.fast_dev_run:
+        if not self.history or trainer.global_rank != 0 or fast_dev_run(trainer):
             return
         paths = save_dynamics(self.history, self.output_dir, plots=self.plots)
         rank_zero_info(f"training dynamics: {', '.join(str(p) for p in paths)}")

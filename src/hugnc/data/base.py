@@ -18,7 +18,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from hugnc.data.long_tail import long_tail_counts, sample_per_class
 from hugnc.data.on_device import DeviceBatchLoader
@@ -294,7 +294,7 @@ class ImageDataModule(LightningDataModule):
         In-memory datamodules with ``on_device=True`` override this with a
         :class:`~hugnc.data.on_device.DeviceBatchLoader` giving the same order.
         """
-        sampler = None
+        sampler: Sampler | None = None
         trainer = self.trainer
         if not train and trainer is not None and trainer.world_size > 1:
             # Lightning would give evaluation loaders a padding DistributedSampler: with N not a
@@ -322,10 +322,13 @@ class ImageDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader | DeviceBatchLoader:
+        assert self.train_set is not None, "setup() builds the datasets"
         return self.loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader | DeviceBatchLoader:
+        assert self.val_set is not None, "setup() builds the datasets"
         return self.loader(self.val_set, train=False)
 
     def test_dataloader(self) -> DataLoader | DeviceBatchLoader:
+        assert self.test_set is not None, "setup() builds the datasets"
         return self.loader(self.test_set, train=False)

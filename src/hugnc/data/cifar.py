@@ -67,7 +67,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
     dataset_name = "CIFAR-10"
     fixed_num_classes = 10
     torchvision_class = tv_cifar.CIFAR10
-    default_classes = (
+    default_classes: tuple[str, ...] = (
         "airplane",
         "automobile",
         "bird",

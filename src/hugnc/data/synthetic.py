@@ -133,6 +133,6 @@ def write_image_folder(
             # Smooth, photo-like content: a coarse random pattern upsampled, plus a class tint.
             coarse = _class_images(rng, labels, (height // 8 + 1, width // 8 + 1, 3), levels)
             for i, image in enumerate(coarse):
-                picture = Image.fromarray(image).resize((width, height), Image.BILINEAR)
+                picture = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
                 picture.save(folder / f"{name}_{split}_{i:05d}.JPEG", quality=90)
     return root

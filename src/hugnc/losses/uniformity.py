@@ -61,13 +61,13 @@ class _Gram(torch.autograd.Function):
     two (``g @ unit`` and ``g^T @ unit``): the Gram matmuls dominate the inter terms at large K."""
 
     @staticmethod
-    def forward(ctx, unit: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, unit: Tensor) -> Tensor:
         ctx.save_for_backward(unit)
         with full_float32_matmul():
             return unit @ unit.mT
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> Tensor:
         (unit,) = ctx.saved_tensors
         with torch.autocast(device_type=unit.device.type, enabled=False), full_float32_matmul():
             return (grad + grad.mT).to(unit.dtype) @ unit
@@ -138,12 +138,12 @@ class _CholeskyLogdet(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, matrix: Tensor, factor: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, matrix: Tensor, factor: Tensor) -> Tensor:
         ctx.save_for_backward(factor)
         return 2.0 * factor.diagonal().log().sum()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (factor,) = ctx.saved_tensors
         return grad * torch.cholesky_inverse(factor), None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +42,9 @@ def scale_invariant_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     found = []
     for (name, module), (_, following) in itertools.pairwise(leaves):
         if isinstance(module, _LINEAR_MAPS) and isinstance(following, _NORMALIZATIONS):
-            found.append((f"{name}.weight" if name else "weight", module.weight))
+            # A Parameter (torch types the attribute as Tensor).
+            weight = cast(nn.Parameter, module.weight)
+            found.append((f"{name}.weight" if name else "weight", weight))
     return found
 
 

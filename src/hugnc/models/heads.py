@@ -7,10 +7,29 @@ or HUG proxies), so accuracy, NC metrics and attacks treat them alike.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class Head(Protocol):
+    """What the LightningModule, the UFM and the callbacks use of a head (both heads below, and
+    wrappers such as ``hugnc.continual.TaskMaskedHead``); a structural type, for the checker."""
+
+    @property
+    def classifier(self) -> Tensor:
+        """``[K, d]``: linear weights W or HUG proxies."""
+        ...
+
+    def logits(self, features: Tensor) -> Tensor:
+        """``[B, K]`` logits of features ``[B, d]``."""
+        ...
+
+    def after_optimizer_step(self) -> None:
+        """Called after every optimizer step (ProxyHead renormalizes its proxies)."""
+        ...
 
 
 class LinearHead(nn.Module):

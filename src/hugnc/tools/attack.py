@@ -16,7 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import OmegaConf
@@ -42,7 +42,9 @@ DEFAULT_STEPS = (10, 20)
 def callback_settings(run: Run) -> dict[str, Any]:
     """The run's ``callbacks.robustness`` settings ({} if it had no such callback)."""
     node = OmegaConf.select(run.cfg, "callbacks.robustness", default=None)
-    return OmegaConf.to_container(node, resolve=True) if node is not None else {}  # type: ignore[return-value]
+    if node is None:
+        return {}
+    return cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))  # a mapping node
 
 
 def attack_specs(args: argparse.Namespace, settings: dict[str, Any]) -> list[AttackSpec]:

@@ -14,6 +14,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from omegaconf import OmegaConf
@@ -29,10 +30,12 @@ from hugnc.tools.runs import Run, load_run, run_dir_parser
 DEFAULT_MAX_BATCHES = 10
 
 
-def callback_settings(run: Run) -> dict:
+def callback_settings(run: Run) -> dict[str, Any]:
     """The run's ``callbacks.neural_collapse`` settings ({} if the run had no such callback)."""
     node = OmegaConf.select(run.cfg, "callbacks.neural_collapse", default=None)
-    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    if node is None:
+        return {}
+    return cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))  # a mapping node
 
 
 def measure_run(
@@ -56,7 +59,7 @@ def measure_run(
     split = split or settings.get("split", "train")
     if max_batches == "config":
         max_batches = settings.get("max_batches", DEFAULT_MAX_BATCHES)
-    options = {"max_batches": max_batches, "batch_size": settings.get("batch_size")}
+    options: dict[str, Any] = {"max_batches": max_batches, "batch_size": settings.get("batch_size")}
     options["seed"] = settings.get("seed", 0)
     results: dict[str, GeometryResult] = {}
     if split != "test" or not test:

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib.pyplot as plt
 from omegaconf import OmegaConf
@@ -85,7 +85,10 @@ def collect_local(sweep_dir: str | Path) -> list[JobResult]:
         )
     jobs = []
     for job_dir in jobs_found:
-        overrides = OmegaConf.to_container(OmegaConf.load(run_dir.overrides_file(job_dir)))
+        # Hydra's overrides.yaml is a list of "key=value" strings.
+        overrides = cast(
+            list[Any], OmegaConf.to_container(OmegaConf.load(run_dir.overrides_file(job_dir)))
+        )
         params = dict(filter(None, (_parse_override(str(o)) for o in overrides)))
         choices, config = _job_config(job_dir)
         content = run_dir.read_status(job_dir)
@@ -116,16 +119,18 @@ def _job_config(job_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     if hydra_file.is_file():
         node = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices")
         if node is not None:
-            raw = OmegaConf.to_container(node, resolve=False)
-            choices = {str(k): str(v) for k, v in raw.items() if not str(k).startswith("hydra/")}
+            raw_choices = cast(dict[Any, Any], OmegaConf.to_container(node, resolve=False))
+            choices = {
+                str(k): str(v) for k, v in raw_choices.items() if not str(k).startswith("hydra/")
+            }
     if config_file.is_file():
         raw = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
         config = _flatten(raw) if isinstance(raw, dict) else {}
     return choices, config
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    flat = {}
+def _flatten(config: dict[Any, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
     for key, value in config.items():
         if isinstance(value, dict):
             flat |= _flatten(value, f"{prefix}{key}.")

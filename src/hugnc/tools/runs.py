@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.utils import instantiate
@@ -20,6 +20,9 @@ from omegaconf import DictConfig
 from hugnc.module import HUGClassifier
 from hugnc.run_dir import find_checkpoint, load_run_config
 from hugnc.train import build_module
+
+if TYPE_CHECKING:
+    from hugnc.data import ContinualDataModule, ImageDataModule
 
 
 def run_dir_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -57,7 +60,7 @@ def load_run(
     run_dir = Path(run_dir).resolve()
     cfg = load_run_config(run_dir, data_dir)
     path = find_checkpoint(run_dir, checkpoint)
-    datamodule: LightningDataModule = instantiate(cfg.data)
+    datamodule: ImageDataModule | ContinualDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.setup("test")

@@ -40,7 +40,10 @@ class _OneWriterPerJob:
         import submitit
 
         overrides = list(sweep_overrides) + task_overrides(submitit.JobEnvironment().global_rank)
-        return super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)
+        # A mixin: super() is the submitit launcher that follows it in the subclasses' MRO.
+        return super().__call__(  # type: ignore[misc]
+            overrides, job_dir_key, job_num, job_id, singleton_state
+        )
 
 
 class SlurmLauncher(_OneWriterPerJob, submitit_launcher.SlurmLauncher):
