@@ -146,12 +146,47 @@ def load_run_config(run_dir: str | Path, data_dir: str | Path | None = None) -> 
     return cfg
 
 
-def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
-    """``which`` = ``"best"`` (the ModelCheckpoint's best, as ``trainer.test`` used; falls back to
-    last), ``"last"`` (``checkpoints/last.ckpt``), or a path to a ``.ckpt`` file.
+class UntrustedCheckpointError(NotARunDirError):
+    """Loading the checkpoint would need full unpickling, which runs code the file names."""
+
+
+#: What the refusal tells the user to do.
+TRUST_OPT_IN = "--trust-checkpoint (load_run(..., trust_checkpoint=True))"
+
+
+def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """A checkpoint's contents on the CPU.
+
+    Loaded with torch's weights-only unpickler (tensors, containers, numbers, strings: hugnc's and
+    Lightning's checkpoints hold nothing else), so a checkpoint from someone else's run directory
+    cannot run code on this machine. ``trust=True`` unpickles fully, for files you made yourself
+    that need it (e.g. written by other code).
 
     Raises:
-        NotARunDirError: the checkpoint does not exist.
+        UntrustedCheckpointError: the file needs full unpickling and ``trust`` is false.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return cast(dict[str, Any], torch.load(path, map_location="cpu", weights_only=not trust))
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise UntrustedCheckpointError(
+            f"{path} holds more than tensors and plain containers ({reason[:200]}); loading it "
+            f"would run code named in the file. Only if you made it yourself: {TRUST_OPT_IN}"
+        ) from error
+
+
+def find_checkpoint(run_dir: str | Path, which: str = "best", trust: bool = False) -> Path:
+    """``which`` = ``"best"`` (the ModelCheckpoint's best, as ``trainer.test`` used; falls back to
+    last), ``"last"`` (``checkpoints/last.ckpt``), or a path to a ``.ckpt`` file. ``"best"`` reads
+    ``last.ckpt`` (see :func:`load_checkpoint` for ``trust``).
+
+    Raises:
+        NotARunDirError: the checkpoint does not exist (:class:`UntrustedCheckpointError`: it
+            needs full unpickling).
     """
     run_dir = Path(run_dir)
     if which not in ("best", "last"):
@@ -170,9 +205,7 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
         last = found[-1]
     if which == "last":
         return last
-    import torch
-
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = load_checkpoint(last, trust)
     for key, value in state.get("callbacks", {}).items():
         if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
             # Checkpoints move with the run directory: look next to last.ckpt.

@@ -65,6 +65,39 @@ def test_run_without_checkpoint_says_so(tiny_run_dir: Path, tmp_path: Path, caps
     assert "no checkpoint in" in capsys.readouterr().err
 
 
+class _WritesAFile:
+    """A pickled object whose unpickling creates a file: what a malicious checkpoint can do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_checkpoint_from_elsewhere_cannot_run_code(
+    tiny_run_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """A shared run directory whose checkpoint names code: refused in one line, the code never
+    runs; --trust-checkpoint (the user's own file) loads it."""
+    run = tmp_path / "shared_run"
+    shutil.copytree(tiny_run_dir, run, ignore=shutil.ignore_patterns("wandb", "geometry"))
+    marker = tmp_path / "payload_ran"
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    state["payload"] = _WritesAFile(marker)
+    for checkpoint in (run / "checkpoints").glob("*.ckpt"):
+        torch.save(state, checkpoint)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run), "--checkpoint", "last", "--max-batches", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "would run code named in the file" in err and "--trust-checkpoint" in err
+    assert "Traceback" not in err
+    assert not marker.exists()
+    main([str(run), "--checkpoint", "last", "--max-batches", "1", "--trust-checkpoint"])
+    assert marker.exists()
+
+
 def test_moved_run_dir_resolves_to_its_new_place(tiny_run_dir: Path, tmp_path: Path) -> None:
     moved = tmp_path / "moved"
     shutil.copytree(tiny_run_dir / ".hydra", moved / ".hydra")

@@ -121,7 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError as error:
                 parser.error(f"--{name}: {error}")
     try:
-        run = load_run(args.run_dir, args.checkpoint, args.data_dir, torch.device(args.device))
+        run = load_run(
+            args.run_dir,
+            args.checkpoint,
+            args.data_dir,
+            torch.device(args.device),
+            trust_checkpoint=args.trust_checkpoint,
+        )
     except NotARunDirError as error:
         parser.error(str(error))
     settings = callback_settings(run)

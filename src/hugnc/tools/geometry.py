@@ -184,7 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     max_batches = _max_batches(args.max_batches, parser)
     try:
-        run = load_run(args.run_dir, args.checkpoint, args.data_dir, torch.device(args.device))
+        run = load_run(
+            args.run_dir,
+            args.checkpoint,
+            args.data_dir,
+            torch.device(args.device),
+            trust_checkpoint=args.trust_checkpoint,
+        )
     except NotARunDirError as error:
         parser.error(str(error))
     results = measure_run(run, args.split, max_batches, test=not args.no_test)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from hydra.utils import instantiate
@@ -18,7 +18,7 @@ from lightning import LightningDataModule
 from omegaconf import DictConfig
 
 from hugnc.module import HUGClassifier
-from hugnc.run_dir import find_checkpoint, load_run_config
+from hugnc.run_dir import find_checkpoint, load_checkpoint, load_run_config
 from hugnc.train import build_module
 
 if TYPE_CHECKING:
@@ -32,6 +32,12 @@ def run_dir_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("run_dir", type=Path, help="a run directory (logs/<task>/runs/<...>)")
     parser.add_argument(
         "--checkpoint", default="best", help="best (default, as the test used), last, or a path"
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle the checkpoint fully (runs code the file names): only for files you made "
+        "that the default weights-only loading refuses",
     )
     return parser
 
@@ -52,20 +58,22 @@ def load_run(
     checkpoint: str = "best",
     data_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
+    trust_checkpoint: bool = False,
 ) -> Run:
     """Rebuild a run: config, datamodule (set up), module with the checkpoint's weights (eval).
 
-    Checkpoints are unpickled (``weights_only=False``): load only run directories you trust.
+    The checkpoint is loaded weights-only (:func:`hugnc.run_dir.load_checkpoint`): a run directory
+    from elsewhere cannot run code here; ``trust_checkpoint`` unpickles fully.
     """
     run_dir = Path(run_dir).resolve()
     cfg = load_run_config(run_dir, data_dir)
-    path = find_checkpoint(run_dir, checkpoint)
+    path = find_checkpoint(run_dir, checkpoint, trust_checkpoint)
     datamodule: ImageDataModule | ContinualDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.setup("test")
     module = build_module(cfg, datamodule.input_shape)
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path, trust_checkpoint)
     module.load_state_dict(state["state_dict"])
     module.to(device).eval()
     return Run(run_dir=run_dir, cfg=cfg, datamodule=datamodule, module=module, checkpoint=path)
