@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.outputs import GEOMETRY_PICTURES
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Subset
 
@@ -95,13 +96,7 @@ def test_quickstart_logs_nc_gnc_writes_pictures_and_matches_the_metric(compose_c
     assert {f"test/{key}" for key in defined} <= saved.keys()
     assert saved["nc/num_classes_seen"] == 10
 
-    for name in (
-        "feature_geometry_train.png",
-        "class_cosines_train.png",
-        "feature_geometry_test.png",
-        "class_cosines_test.png",
-        "nc_curves.png",
-    ):
+    for name in GEOMETRY_PICTURES:
         assert (run_dir / name).stat().st_size > 10_000, name
     history = json.loads((run_dir / "nc_history.json").read_text())
     assert [entry["epoch"] for entry in history] == [0, 1]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.outputs import GEOMETRY_PICTURES
 
 from hugnc.run_dir import load_run_config
 from hugnc.tools.geometry import gnc_prediction, main
@@ -39,13 +40,7 @@ def test_console_script_recomputes_the_runs_numbers(tiny_run_dir: Path, tmp_path
     for name, value in saved["train"].items():
         assert value == pytest.approx(measured[name], rel=1e-9, abs=1e-12), name
     assert math.isfinite(saved["test"]["nc4"]) and saved["test"]["nc4"] != saved["train"]["nc4"]
-    for name in (
-        "feature_geometry_train.png",
-        "class_cosines_train.png",
-        "feature_geometry_test.png",
-        "class_cosines_test.png",
-        "nc_curves.png",
-    ):
+    for name in GEOMETRY_PICTURES:
         assert (out / name).stat().st_size > 10_000, name
     assert "nc1_trace_ratio" in result.stdout and "regular 10-gon" in result.stdout
 

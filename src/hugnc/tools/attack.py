@@ -33,8 +33,7 @@ from hugnc.robustness import (
     parse_budget,
     robust_accuracy,
 )
-from hugnc.run_dir import NotARunDirError
-from hugnc.tools.runs import Run, load_run, run_dir_parser
+from hugnc.tools.runs import Run, load_run_from_args, run_dir_parser
 
 DEFAULT_STEPS = (10, 20)
 
@@ -120,16 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parse_budget(getattr(args, name))
             except ValueError as error:
                 parser.error(f"--{name}: {error}")
-    try:
-        run = load_run(
-            args.run_dir,
-            args.checkpoint,
-            args.data_dir,
-            torch.device(args.device),
-            trust_checkpoint=args.trust_checkpoint,
-        )
-    except NotARunDirError as error:
-        parser.error(str(error))
+    run = load_run_from_args(args, parser)
     settings = callback_settings(run)
     try:
         specs = attack_specs(args, settings)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import torch
 from omegaconf import OmegaConf
 
 from hugnc import run_dir
@@ -24,8 +23,7 @@ from hugnc.data.subsets import SPLITS, split_loader
 from hugnc.metrics import optimal_min_angle_deg
 from hugnc.metrics.geometry import GeometryResult, compute_class_means, measure_geometry
 from hugnc.plots import save_curves, save_figures
-from hugnc.run_dir import NotARunDirError
-from hugnc.tools.runs import Run, load_run, run_dir_parser
+from hugnc.tools.runs import Run, load_run_from_args, run_dir_parser
 
 DEFAULT_MAX_BATCHES = 10
 
@@ -183,16 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     max_batches = _max_batches(args.max_batches, parser)
-    try:
-        run = load_run(
-            args.run_dir,
-            args.checkpoint,
-            args.data_dir,
-            torch.device(args.device),
-            trust_checkpoint=args.trust_checkpoint,
-        )
-    except NotARunDirError as error:
-        parser.error(str(error))
+    run = load_run_from_args(args, parser)
     results = measure_run(run, args.split, max_batches, test=not args.no_test)
     paths = write_outputs(run, results, args.out or run.run_dir / "geometry")
     num_classes, feature_dim = run.module.head.classifier.shape

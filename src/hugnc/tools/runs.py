@@ -18,7 +18,7 @@ from lightning import LightningDataModule
 from omegaconf import DictConfig
 
 from hugnc.module import HUGClassifier
-from hugnc.run_dir import find_checkpoint, load_checkpoint, load_run_config
+from hugnc.run_dir import NotARunDirError, find_checkpoint, load_checkpoint, load_run_config
 from hugnc.train import build_module
 
 if TYPE_CHECKING:
@@ -79,4 +79,19 @@ def load_run(
     return Run(run_dir=run_dir, cfg=cfg, datamodule=datamodule, module=module, checkpoint=path)
 
 
-__all__ = ["Run", "load_run", "run_dir_parser"]
+def load_run_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Run:
+    """:func:`load_run` with a RUN_DIR tool's arguments (:func:`run_dir_parser` plus
+    ``--data-dir`` and ``--device``); a run it cannot load is the parser's one-line error."""
+    try:
+        return load_run(
+            args.run_dir,
+            args.checkpoint,
+            args.data_dir,
+            torch.device(args.device),
+            trust_checkpoint=args.trust_checkpoint,
+        )
+    except NotARunDirError as error:
+        parser.error(str(error))
+
+
+__all__ = ["Run", "load_run", "load_run_from_args", "run_dir_parser"]
