@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from helpers.cli_runs import run_hugnc
 
-import hugnc.continual
-from hugnc import preflight as preflight_module
+from hugnc import schema
+from hugnc.arguments import describe, fits
 from hugnc.config import config_dir
 from hugnc.preflight import (
     EXIT_CODE,
@@ -26,9 +26,9 @@ from hugnc.preflight import (
     check_command_line,
     checkpoint_problem,
     output_location_problem,
-    preflight,
+    run_checked,
 )
-from hugnc.schema import RULES, matches, signature_of, unknown_key_problem
+from hugnc.schema import checkable, signature_of, unknown_key_problem
 
 
 def run_cli(args: Sequence[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -244,12 +244,19 @@ def test_shipped_configs_are_valid(args: list[str]) -> None:
 
 @pytest.mark.parametrize("option", [o for o in _options("data") if o.startswith("split_")])
 def test_continual_entry_point_checks_its_config(option: str) -> None:
-    calling_file = hugnc.continual.__file__
-    check_command_line([f"data={option}"], config_name="continual", calling_file=calling_file)
+    check_command_line([f"data={option}"], config_name="continual")
     with pytest.raises(ConfigCheckError, match=r"data\.num_tasks = 0: must be >= 1"):
-        check_command_line(
-            [f"data={option}", "data.num_tasks=0"], "continual", calling_file=calling_file
-        )
+        check_command_line([f"data={option}", "data.num_tasks=0"], "continual")
+    with pytest.raises(ConfigCheckError, match=r"continual\.fresh_optimizer = 'no': must be"):
+        check_command_line([f"data={option}", "continual.fresh_optimizer=no"], "continual")
+
+
+def test_ufm_entry_point_checks_its_config() -> None:
+    check_command_line(["loss=mgd_hug", "ufm.num_classes=10"], config_name="ufm")
+    with pytest.raises(ConfigCheckError, match=r"ufm\.lr = 0: must be > 0 \(command line\)"):
+        check_command_line(["ufm.lr=0"], config_name="ufm")
+    with pytest.raises(ConfigCheckError, match=r"ufm\.schedule = 'linear': must be one of"):
+        check_command_line(["ufm.schedule=linear"], config_name="ufm")
 
 
 @pytest.mark.parametrize(
@@ -258,7 +265,7 @@ def test_continual_entry_point_checks_its_config(option: str) -> None:
         ["--help", "loss.alpha=-1"],
         ["--cfg", "job", "loss.alpha=-1"],
         ["--info", "defaults", "loss.alpha=-1"],
-        ["--shell-completion", "loss.alpha=-1"],
+        ["--shell-completion", "install=bash", "loss.alpha=-1"],
         ["--version"],
     ],
 )
@@ -271,9 +278,16 @@ def test_the_check_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     check_command_line(["loss.alpha=-1"])
 
 
-def test_preflight_exits_with_the_message(capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_checked_exits_with_the_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def never_called() -> None:
+        raise ConfigCheckError("hugnc: invalid config: loss.alpha = -1: must be >= 0")
+
+    monkeypatch.setattr("sys.argv", ["hugnc", "loss.alpha=-1"])
+    monkeypatch.setenv("HUGNC_DEBUG", "0")
     with pytest.raises(SystemExit) as info:
-        preflight(["loss.alpha=-1"])
+        run_checked(never_called, "train")
     assert info.value.code == EXIT_CODE
     assert "loss.alpha = -1: must be >= 0" in capsys.readouterr().err
 
@@ -284,8 +298,8 @@ def test_a_failing_check_does_not_block_the_run(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("schema bug")
 
-    monkeypatch.setattr(preflight_module, "check_command_line", broken)
-    preflight(["loss.alpha=0.1"])  # returns: Hydra goes on
+    monkeypatch.setattr(schema, "_check_structure", broken)
+    check_command_line(["loss.alpha=0.1"])  # the dry run passes: Hydra would go on
     assert "config check skipped (RuntimeError: schema bug)" in capsys.readouterr().err
 
 
@@ -316,7 +330,7 @@ def test_a_failing_check_does_not_block_the_run(
     ],
 )
 def test_annotation_matching(value: object, hint: object, expected: bool) -> None:
-    assert matches(value, hint) is expected
+    assert fits(value, checkable(hint)) is expected
 
 
 def test_signatures_follow_kwargs_to_the_base_class() -> None:
@@ -327,17 +341,23 @@ def test_signatures_follow_kwargs_to_the_base_class() -> None:
     cifar = signature_of(CIFAR10DataModule)
     assert cifar.keys is not None
     assert {"download", "batch_size", "imb_factor", "val_size"} <= cifar.keys
-    assert cifar.hints["imb_factor"] == float | None
+    assert describe(cifar.hints["imb_factor"]) == "a number in (0, 1] or null"
     assert signature_of(wandb_logger).keys is None  # **kwargs go to W&B: anything is accepted
     assert signature_of(HUGLoss).required == {"variant", "alpha", "beta"}
 
 
-def test_rules_bounds() -> None:
-    imb_factor, max_epochs = RULES["data.imb_factor"].check, RULES["trainer.max_epochs"].check
-    assert imb_factor(1) is None and imb_factor(1e-9) is None and imb_factor(None) is None
-    assert imb_factor(0) and imb_factor(1.0001) and imb_factor("0.5")
-    assert max_epochs(-1) is None and max_epochs(1) is None
-    assert max_epochs(0) and max_epochs(-2) and max_epochs(True)
+def test_ranges_come_from_the_annotations() -> None:
+    from hugnc.data import CIFAR10DataModule
+
+    imb_factor = signature_of(CIFAR10DataModule).hints["imb_factor"]
+    max_epochs = schema.THIRD_PARTY["lightning.Trainer"]["max_epochs"]
+    for value, expected in [(1, True), (1e-9, True), (None, True), (0, False), (1.0001, False)]:
+        assert fits(value, imb_factor) is expected
+    assert not fits("0.5", imb_factor)
+    assert fits(-1, max_epochs) and fits(1, max_epochs)
+    assert not (fits(0, max_epochs) or fits(-2, max_epochs) or fits(True, max_epochs))
+    assert describe(imb_factor, 2.0) == "in (0, 1] or null"
+    assert describe(max_epochs, "x") == "an integer >= 1 or -1 or null"
 
 
 def test_unknown_key_suggests_the_closest() -> None:

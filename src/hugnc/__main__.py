@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from hugnc.config import config_dir
 from hugnc.launching import register_launcher_plugins
-from hugnc.preflight import preflight
+from hugnc.preflight import run_checked
 from hugnc.run_dir import ResumeError, rewrite_argv
 
 
@@ -42,10 +42,8 @@ def main() -> None:
         sys.argv[1:] = rewrite_argv(sys.argv[1:])
     except ResumeError as error:
         sys.exit(f"hugnc: {error}")
-    # Hydra makes the run directory before calling _run: invalid configs must stop here.
-    preflight(sys.argv[1:], config_name="train", calling_file=__file__)
     register_launcher_plugins()
-    _run()
+    run_checked(_run, config_name="train")
 
 
 if __name__ == "__main__":

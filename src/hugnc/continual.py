@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 import hydra
 import torch
@@ -29,9 +28,10 @@ from hugnc.config import config_dir
 from hugnc.data import ContinualDataModule
 from hugnc.launching import install_hydra_ddp_launcher, isolated_ddp_job, register_launcher_plugins
 from hugnc.models.heads import Head
-from hugnc.preflight import preflight
+from hugnc.preflight import run_checked
 from hugnc.run_dir import write_status
 from hugnc.train import (
+    RunKeys,
     build_module,
     close_loggers,
     configure_process,
@@ -39,6 +39,18 @@ from hugnc.train import (
 )
 
 Matrix = Sequence[Sequence[float | None]]
+
+
+class ContinualKeys(TypedDict):
+    """The ``continual`` node of ``conf/continual.yaml``."""
+
+    fresh_optimizer: bool
+
+
+class ContinualRunKeys(RunKeys, total=False):
+    """:class:`~hugnc.train.RunKeys` and the ``continual`` node (for the config check)."""
+
+    continual: ContinualKeys
 
 
 def _measured(matrix: Matrix, t: int, i: int) -> float:
@@ -245,10 +257,8 @@ def _run(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    # Hydra makes the run directory before calling _run: invalid configs must stop here.
-    preflight(sys.argv[1:], config_name="continual", calling_file=__file__)
     register_launcher_plugins()
-    _run()
+    run_checked(_run, config_name="continual")
 
 
 if __name__ == "__main__":

@@ -1,56 +1,66 @@
-"""Check the command line's config before Hydra makes a run directory.
+"""The config check of every entry point, where Hydra has composed the config and made nothing.
 
-``@hydra.main`` creates the run (or sweep) directory before it calls the task function, so a
-mistake found inside the run leaves a directory, a ``metrics.json`` marked failed and possibly a
-W&B run behind, after seconds to minutes of imports and data loading. :func:`preflight` composes
-the same configs Hydra will (with Hydra's own config loader, the same search path and command-line
-flags), validates them with :func:`hugnc.schema.validate_config` and, if anything is wrong, prints
-one short message per problem (which key, what is allowed) and exits with code 2, before
-``hydra.main`` runs.
+:class:`ConfigCheck` is a Hydra callback (``conf/hydra/default.yaml``): ``on_run_start`` and
+``on_multirun_start`` come after Hydra composed the config and before it makes the run (sweep)
+directory. It checks the config with :func:`hugnc.schema.validate_config` (every job of a basic
+sweep, composed by Hydra's own config loader, before the first starts), the combinations that no
+single value shows, the output location and ``ckpt_path``; a problem is one line naming the key,
+what is allowed and where the value came from, and the run stops with exit code 2.
 
-A multirun is expanded as Hydra's basic sweeper will (``hydra.sweeper.params`` of the config,
-then the command line's comma lists and ranges), and every job is checked before the first
-starts. Commands that run nothing (``--help``, ``--cfg``, ``--info``, shell completion) are left
-to Hydra. ``HUGNC_SKIP_CONFIG_CHECK=1`` turns the check off (for a ``_target_`` the check
-misjudges).
+A config Hydra cannot compose (an unknown key or option, a bad override) fails before any
+callback: :func:`run_checked` (around each entry point's ``@hydra.main`` function) turns Hydra's
+error into the same kind of line. Commands that run nothing (``--help``, ``--cfg``, ``--info``)
+never reach the callback. ``HUGNC_SKIP_CONFIG_CHECK=1`` turns the check off (for a ``_target_``
+the check misjudges); ``hydra.callbacks.config_check.dry_run=true`` checks and runs nothing.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from hugnc.config import config_dir
 from hugnc.run_dir import last_checkpoint
-from hugnc.schema import (
-    Problem,
-    Signature,
-    target_signature,
-    unknown_key_problem,
-    validate_config,
-)
+from hugnc.schema import Problem, Signature, target_signature, unknown_key_problem, validate_config
 
 #: Exit code of a rejected command line (argparse's, for usage errors).
 EXIT_CODE = 2
 #: Set to 1 to skip the check.
 SKIP_ENV = "HUGNC_SKIP_CONFIG_CHECK"
+#: Set to 1 to see the traceback of any error (``HYDRA_FULL_ERROR=1`` too).
+DEBUG_ENV = "HUGNC_DEBUG"
 #: Problems printed at most; the rest are counted.
 MAX_PROBLEMS = 8
-_BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 _OUTPUT_DIR_PLACEHOLDER = "<run directory>"
 _HINT = "hugnc: nothing was run or written; see README.md, 'Configuration errors'."
 
+#: Composes a config from overrides (the run's primary config, or a sweep's master config).
+Compose = Callable[[list[str]], DictConfig]
 
-class ConfigCheckError(Exception):
-    """The command line's config is invalid; ``str()`` is the whole message for the user."""
+
+class ConfigCheckError(BaseException):
+    """The command line's config is invalid; ``str()`` is the whole message for the user.
+
+    A ``BaseException``, like ``SystemExit``: Hydra turns an ``Exception`` raised in a callback
+    into a warning and goes on."""
 
 
 @dataclass
@@ -76,82 +86,50 @@ def _first_lines(message: str) -> str:
     return "; ".join(lines)
 
 
-class _Composer:
-    """Hydra's config loader for the command line's config name, search path and overrides."""
+def _parser() -> OverridesParser:
+    loader = (
+        GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    )
+    return OverridesParser.create(config_loader=loader)
 
-    def __init__(self, args: Any, default_config_name: str, calling_file: str) -> None:
-        from hydra._internal.hydra import Hydra
-        from hydra._internal.utils import create_automatic_config_search_path, detect_task_name
-        from hydra.core.config_search_path import SearchPathQuery
 
-        self.config_name = args.config_name or default_config_name
-        config_path = args.config_path or str(config_dir())
-        search_path = create_automatic_config_search_path(calling_file, None, config_path)
-        if args.config_dir is not None:
-            search_path.prepend(
-                provider="command-line",
-                path=f"file://{os.path.abspath(args.config_dir)}",
-                anchor=SearchPathQuery(provider="schema"),
-            )
-        self.hydra = Hydra.create_main_hydra2(
-            task_name=detect_task_name(calling_file, None), config_search_path=search_path
-        )
+def task_overrides(cfg: DictConfig) -> list[str]:
+    """The command line's overrides of a composed config, as typed (``${...}`` unresolved)."""
+    overrides = OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False)
+    return [str(o) for o in overrides] if isinstance(overrides, list) else []
 
-    def compose(self, overrides: Sequence[str], multirun: bool = False) -> DictConfig:
-        from hydra.errors import ConfigCompositionException
-        from hydra.types import RunMode
 
-        try:
-            return self.hydra.compose_config(
-                self.config_name,
-                list(overrides),
-                run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN,
-                with_log_configuration=False,
-                from_shell=True,
-            )
-        except ValueError as error:  # e.g. a group set to null: "loss=null"
-            raise ConfigCompositionException(str(error)) from error
+def added_keys(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
+    """Value keys the overrides add with ``+`` (group appends such as ``+foo=bar`` of a config
+    group are not keys)."""
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
+    return [
+        o.key_or_group
+        for o in _parser().parse_overrides(list(overrides))
+        if o.is_add() and o.package is None and o.key_or_group not in choices
+    ]
 
-    def sweep_jobs(self, overrides: Sequence[str]) -> tuple[DictConfig, list[_Job]]:
-        """The sweep's own config and its jobs, as Hydra's basic sweeper will launch them."""
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        master = self.compose(overrides, multirun=True)
-        if OmegaConf.select(master, "hydra.sweeper._target_") != _BASIC_SWEEPER:
-            # Another sweeper chooses the values itself: only the base config can be checked.
-            return master, [_Job(list(master.hydra.overrides.task), "the sweep's base config")]
-        params = OmegaConf.select(master, "hydra.sweeper.params") or {}
-        arguments = [f"{key}={value}" for key, value in params.items()]
-        arguments += list(master.hydra.overrides.task)
-        parser = OverridesParser.create(config_loader=self.hydra.config_loader)
-        (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
-        swept = {
-            o.get_key_element() for o in parser.parse_overrides(arguments) if o.is_sweep_override()
-        }
-        result = []
-        for number, job in enumerate(jobs):
-            values = {k: v for k, _, v in (o.partition("=") for o in job) if k in swept}
-            shown = " ".join(f"{k}={v}" for k, v in values.items())
-            label = f"sweep job {number + 1} of {len(jobs)} ({shown})"
-            result.append(_Job(list(job), label))
-        return master, result
-
-    def job_config(self, master: DictConfig, job: _Job) -> DictConfig:
-        return self.hydra.config_loader.load_sweep_config(master, job.overrides)
-
-    def added_keys(self, cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
-        """Value keys the overrides add with ``+`` (group appends such as ``+foo=bar`` of a
-        config group are not keys)."""
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parser = OverridesParser.create(config_loader=self.hydra.config_loader)
-        choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
-        return [
-            o.key_or_group
-            for o in parser.parse_overrides(list(overrides))
-            if o.is_add() and o.package is None and o.key_or_group not in choices
-        ]
+def sweep_jobs(master: DictConfig) -> list[_Job]:
+    """The jobs of a basic sweep (``hydra.sweeper.params``, then the command line's lists and
+    ranges: their product, in the order Hydra's basic sweeper launches them)."""
+    params = OmegaConf.select(master, "hydra.sweeper.params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    arguments += task_overrides(master)
+    parsed = _parser().parse_overrides(arguments)
+    choices = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [f"{o.get_key_element()}={o.get_value_element_as_str()}"]
+        for o in parsed
+    ]
+    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+    combinations = list(itertools.product(*choices))
+    jobs = []
+    for number, job in enumerate(combinations):
+        shown = " ".join(o for o in job if o.partition("=")[0] in swept)
+        jobs.append(_Job(list(job), f"sweep job {number + 1} of {len(combinations)} ({shown})"))
+    return jobs
 
 
 def _origin(problem: Problem, cfg: DictConfig | None, overrides: Sequence[str]) -> str:
@@ -172,11 +150,8 @@ def _origin(problem: Problem, cfg: DictConfig | None, overrides: Sequence[str]) 
     return ""
 
 
-def _composition_problem(
-    error: Exception, overrides: Sequence[str], composer: _Composer, multirun: bool
-) -> str:
+def _composition_problem(error: Exception, overrides: Sequence[str], compose: Compose) -> str:
     """A Hydra/OmegaConf composition error as one line naming the key and what is allowed."""
-    from hydra.errors import MissingConfigException, OverrideParseException
 
     if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
         group, _, name = error.missing_cfg_file.rpartition("/")
@@ -190,7 +165,7 @@ def _composition_problem(
     message = str(error)
     full_key = getattr(error.__cause__, "full_key", None)
     if message.startswith("Could not override") and isinstance(full_key, str) and full_key:
-        return _not_in_config(full_key, overrides, composer, multirun)
+        return _not_in_config(full_key, overrides, compose)
     if message.startswith("Config group override must be"):
         nulls = [o for o in overrides if o.endswith("=null")]
         if nulls:
@@ -205,9 +180,7 @@ def _composition_problem(
     return _first_lines(message) or type(error).__name__
 
 
-def _not_in_config(
-    full_key: str, overrides: Sequence[str], composer: _Composer, multirun: bool
-) -> str:
+def _not_in_config(full_key: str, overrides: Sequence[str], compose: Compose) -> str:
     """``key=value`` for a key the composed config lacks (Hydra's "Could not override").
 
     The config without that override says what the node has. A key its ``_target_`` accepts is
@@ -217,7 +190,7 @@ def _not_in_config(
     rest = [o for o in overrides if o not in given]
     parent_key, _, name = full_key.rpartition(".")
     try:
-        cfg = composer.compose(rest, multirun)
+        cfg = compose(rest)
     except Exception:
         return f"{full_key}: unknown key"
     parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
@@ -236,22 +209,6 @@ def _not_in_config(
             owner = signature.name
     problem = unknown_key_problem(full_key, keys, owner)
     return str(problem) + _origin(problem, cfg, [])
-
-
-def _checked(cfg: DictConfig, added: list[str], cheap_only: bool = False) -> list[Problem]:
-    """:func:`validate_config` with Hydra's runtime set, so ``${hydra:...}`` values resolve."""
-    from hydra.core.hydra_config import HydraConfig
-
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = _OUTPUT_DIR_PLACEHOLDER
-    instance = HydraConfig.instance()
-    saved = instance.cfg
-    instance.set_config(cfg)
-    try:
-        return validate_config(cfg, added, cheap_only=cheap_only)
-    finally:
-        instance.cfg = saved
 
 
 def slurm_devices_problem(cfg: DictConfig) -> Problem | None:
@@ -376,93 +333,44 @@ def _report(lines: list[str]) -> str:
     return "\n".join([f"hugnc: invalid config: {line}" for line in shown] + [_HINT])
 
 
-def check_command_line(
-    argv: Sequence[str], config_name: str = "train", calling_file: str | None = None
-) -> None:
-    """Raise :class:`ConfigCheckError` if the run (or any job of the sweep) ``argv`` describes
-    has an invalid config. Commands that run nothing pass unchecked.
-
-    Args:
-        argv: the command-line arguments after the program name (after ``resume=`` expansion).
-        config_name: the entry point's primary config (``train``, ``continual``).
-        calling_file: the file of the ``@hydra.main`` function (relative ``--config-path``
-            values are resolved against it, as Hydra does).
-    """
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-
-    if os.environ.get(SKIP_ENV, "") not in ("", "0") or "--version" in argv:
-        return
-    args, unknown = get_args_parser().parse_known_args(list(argv))
-    if unknown or args.help or args.hydra_help or args.cfg or args.info:
-        return
-    if args.shell_completion or args.resolve or args.experimental_rerun:
-        return
-    calling_file = calling_file or str(Path(__file__).with_name("__main__.py"))
-    overrides = list(args.overrides)
-    composer = _Composer(args, config_name, calling_file)
-    config_errors = (HydraException, OmegaConfBaseException)
+def _with_hydra_config(cfg: DictConfig, read: Callable[[DictConfig], Any]) -> Any:
+    """``read(cfg)`` with Hydra's runtime config set to ``cfg``, so ``${hydra:...}`` resolves
+    (Hydra sets it only when the job starts)."""
+    instance = HydraConfig.instance()
+    saved = instance.cfg
+    instance.set_config(cfg)
     try:
-        multirun = bool(args.multirun)
-        if not multirun:
-            try:
-                cfg = composer.compose(overrides)
-            except HydraException as error:
-                # hydra.mode=MULTIRUN in a config makes comma lists sweeps without -m.
-                from hydra.types import RunMode
-
-                if not str(error).startswith("Ambiguous value") or (
-                    composer.hydra.get_mode(composer.config_name, overrides) != RunMode.MULTIRUN
-                ):
-                    raise
-                multirun = True
-            else:
-                problems = [
-                    *combination_problems(cfg),
-                    *_checked(cfg, composer.added_keys(cfg, overrides)),
-                ]
-                if problems:
-                    lines = [f"{p}{_origin(p, cfg, overrides)}" for p in problems]
-                    raise ConfigCheckError(_report(lines))
-                _check_output_location(cfg, multirun=False)
-                _check_checkpoint(cfg)
-                return
-        master, jobs = composer.sweep_jobs(overrides)
-        _check_jobs(composer, master, jobs, config_errors)
-        _check_output_location(master, multirun=True)
-    except config_errors as error:
-        problem = _composition_problem(error, overrides, composer, multirun)
-        raise ConfigCheckError(_report([problem])) from error
+        return read(cfg)
     finally:
-        GlobalHydra.instance().clear()
+        instance.cfg = saved
 
 
-def _check_jobs(
-    composer: _Composer, master: DictConfig, jobs: list[_Job], config_errors: tuple
-) -> None:
+def _problems(cfg: DictConfig, run_keys: type, overrides: Sequence[str]) -> list[str]:
+    """Every problem of one job's config, as lines with their origin."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = _OUTPUT_DIR_PLACEHOLDER
+    added = added_keys(cfg, overrides)
+    found = _with_hydra_config(cfg, lambda c: validate_config(c, run_keys, added))
+    return [f"{p}{_origin(p, cfg, overrides)}" for p in [*combination_problems(cfg), *found]]
+
+
+def _check_jobs(master: DictConfig, jobs: list[_Job], run_keys: type) -> None:
     """Check every job of a sweep; a problem shared by all jobs is reported once, unlabelled."""
+    loader = GlobalHydra.instance().config_loader()
     found: dict[str, list[_Job]] = {}
-    configs = []
     for job in jobs:
         try:
-            cfg = composer.job_config(master, job)
-        except config_errors as error:
-            line = _composition_problem(error, job.overrides, composer, multirun=False)
+            cfg = loader.load_sweep_config(master, job.overrides)
+            lines = _problems(cfg, run_keys, job.overrides)
+        except (HydraException, OmegaConfBaseException, ValueError) as error:
+            lines = [
+                _composition_problem(
+                    error, job.overrides, lambda o: loader.load_sweep_config(master, o)
+                )
+            ]
+        for line in lines:
             found.setdefault(line, []).append(job)
-            continue
-        configs.append((job, cfg, composer.added_keys(cfg, job.overrides)))
-    # The cheap checks of every job first: a bad value in the last job fails without imports.
-    for cheap_only in (True, False):
-        for job, cfg, added in configs:
-            combined = combination_problems(cfg) if cheap_only else []
-            for problem in [*combined, *_checked(cfg, added, cheap_only)]:
-                line = f"{problem}{_origin(problem, cfg, job.overrides)}"
-                found.setdefault(line, []).append(job)
-        if found:
-            break
-    if not found:
-        return
     lines = []
     for line, bad_jobs in found.items():
         if len(bad_jobs) == len(jobs) and len(jobs) > 1:
@@ -472,25 +380,127 @@ def _check_jobs(
         else:
             more = f" and {len(bad_jobs) - 1} more" if len(bad_jobs) > 1 else ""
             lines.append(f"{bad_jobs[0].label}{more}: {line}")
-    raise ConfigCheckError(_report(lines))
+    if lines:
+        raise ConfigCheckError(_report(lines))
 
 
-def preflight(
-    argv: Sequence[str], config_name: str = "train", calling_file: str | None = None
-) -> None:
-    """:func:`check_command_line`, exiting with :data:`EXIT_CODE` and the message on stderr.
+class ConfigCheck(Callback):
+    """The Hydra callback that checks a run's (or every sweep job's) config before Hydra makes
+    its directory; a bad config raises :class:`ConfigCheckError` (see :func:`run_checked`).
 
-    A failure of the check itself (not of the config) must not stop a run that may well be
-    valid: it is reported in one line and Hydra goes on as it would have without the check.
+    Args:
+        run_keys: dotted name of the entry point's ``TypedDict`` of its own top-level keys.
+        dry_run: stop after a successful check (exit 0), running nothing.
     """
+
+    def __init__(self, run_keys: str, dry_run: bool = False) -> None:
+        self.run_keys = run_keys
+        self.dry_run = dry_run
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        def check() -> None:
+            lines = _problems(config, get_object(self.run_keys), task_overrides(config))
+            if lines:
+                raise ConfigCheckError(_report(lines))
+            _check_output_location(config, multirun=False)
+            _check_checkpoint(config)
+
+        self._run(check, "the config")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        def check() -> None:
+            if str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith("BasicSweeper"):
+                jobs = sweep_jobs(config)
+            else:  # another sweeper chooses the values itself: only the base config is known
+                jobs = [_Job(task_overrides(config), "the sweep's base config")]
+            _check_jobs(config, jobs, get_object(self.run_keys))
+            _check_output_location(config, multirun=True)
+
+        self._run(check, "every job's config")
+
+    def _run(self, check: Callable[[], None], what: str) -> None:
+        if os.environ.get(SKIP_ENV, "") not in ("", "0"):
+            return
+        try:
+            check()
+        except Exception as error:
+            # A failure of the check itself must not stop a run that may well be valid.
+            reason = str(error).splitlines()[0] if str(error) else ""
+            print(
+                f"hugnc: warning: config check skipped ({type(error).__name__}: {reason})",
+                file=sys.stderr,
+            )
+            return
+        if self.dry_run:
+            print(f"hugnc: {what} passed the check (dry_run: nothing was run or written)")
+            sys.exit(0)
+
+
+def _raised_while_composing(error: BaseException) -> bool:
+    """Whether ``error`` came from Hydra composing the config (not from a task function)."""
+    frames = [frame.f_code.co_name for frame, _ in traceback.walk_tb(error.__traceback__)]
+    return "compose_config" in frames and "run_job" not in frames
+
+
+def _call_hydra_main(hydra_main: Callable[[], Any], config_name: str, argv: list[str]) -> Any:
+    """Call a ``@hydra.main`` function on ``argv``, raising :class:`ConfigCheckError` for a
+    config Hydra cannot compose."""
+    saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    # Ranks and sweep jobs started from here inherit whether the user asked for tracebacks.
+    os.environ.setdefault(DEBUG_ENV, "1" if saved_env == "1" else "0")
+    # Hydra prints its errors itself (a wall, exit 1) unless HYDRA_FULL_ERROR is set: set, they
+    # come here and become one line.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = [saved_argv[0], *argv]
     try:
-        check_command_line(argv, config_name, calling_file)
+        return hydra_main()
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        if not _raised_while_composing(error):
+            raise
+        multirun = "-m" in argv or "--multirun" in argv
+
+        def compose(overrides: list[str]) -> DictConfig:
+            mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+            with initialize_config_dir(str(config_dir()), version_base="1.3"):
+                loader = GlobalHydra.instance().config_loader()
+                return loader.load_configuration(config_name, overrides, run_mode=mode)
+
+        overrides = [a for a in argv if not a.startswith("-")]
+        raise ConfigCheckError(
+            _report([_composition_problem(error, overrides, compose)])
+        ) from error
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
+        GlobalHydra.instance().clear()
+
+
+def run_checked(hydra_main: Callable[[], Any], config_name: str) -> Any:
+    """Run an entry point's ``@hydra.main`` function on ``sys.argv``; a bad config is one line
+    per problem on stderr and exit code :data:`EXIT_CODE`, before anything is written."""
+    try:
+        return _call_hydra_main(hydra_main, config_name, sys.argv[1:])
     except ConfigCheckError as error:
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
         print(error, file=sys.stderr)
         sys.exit(EXIT_CODE)
-    except Exception as error:
-        reason = str(error).splitlines()[0] if str(error) else ""
-        print(
-            f"hugnc: warning: config check skipped ({type(error).__name__}: {reason})",
-            file=sys.stderr,
-        )
+
+
+def check_command_line(argv: Sequence[str], config_name: str = "train") -> None:
+    """Check the config ``argv`` describes (every job of a sweep) as the entry point would, and
+    run nothing: raise :class:`ConfigCheckError` if it is invalid."""
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
+    def nothing(cfg: DictConfig) -> None:  # reached only with the check switched off
+        return None
+
+    try:
+        _call_hydra_main(nothing, config_name, [*argv, "hydra.callbacks.config_check.dry_run=true"])
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            raise

@@ -1,42 +1,38 @@
-"""What a valid hugnc config is: the checks run on a composed config before anything is built.
+"""What a valid hugnc config is: a composed config checked against what it builds.
 
-A typo or an out-of-range value used to surface minutes later, deep in a constructor, after Hydra
-had made the run directory (and W&B a run). :func:`validate_config` finds these on the composed
-config alone, in two layers:
+Every node with a ``_target_`` is checked against the signature of the callable it names (found
+with :func:`hydra.utils.get_object`): a key the callable does not accept is an unknown key (unless
+it takes ``**kwargs`` that go nowhere known), a required argument that neither the config nor the
+code supplies is missing, and a value must fit its annotation, ranges and choices included
+(``alpha: NonNegative``, ``depth: Literal[18, 34]``: :mod:`hugnc.arguments`). The run's own keys,
+which no constructor takes, are checked against the entry point's ``TypedDict`` of them
+(:class:`hugnc.train.RunKeys`). Third-party constructors state no ranges; :data:`THIRD_PARTY` adds
+the few a config sets. Allowed keys, types and ranges are thus written once, in the code that
+consumes them; pydantic judges the values.
 
-- **Rules** (:data:`RULES`): the ranges and choices that no signature can express, in one table
-  (``loss.alpha >= 0``, ``data.imb_factor`` in (0, 1], ``model.feature_dim >= 2`` ...). They apply
-  to whichever config option is selected, as long as it has the key.
-- **Signatures**: every node with a ``_target_`` is checked against the signature of the callable
-  it names (found with :func:`hydra.utils.get_object`): a key the callable does not accept is an
-  unknown key (unless it takes ``**kwargs`` that go nowhere known), a value that does not fit a
-  simple annotation (``int``, ``float``, ``bool``, ``str``, ``Literal``, ``Optional``, lists) is a
-  wrong type, and a required argument that neither the config nor the code supplies is missing.
-  Allowed keys and types are thus never written twice: the yaml files and the constructors stay
-  the source of truth (Lightning's ``Trainer(precision=...)`` ``Literal`` gives the allowed
-  precisions, for instance).
-
-The constructors keep their own checks (defense in depth); this module only makes the same
-mistakes fail before the first byte is written. The command line side (composing the configs of a
-run or of every job of a sweep, and printing the problems) is :mod:`hugnc.preflight`.
+The Hydra side (when the check runs, sweeps, printing) is :mod:`hugnc.preflight`.
 """
 
 from __future__ import annotations
 
-import collections.abc
+import dataclasses
 import difflib
 import enum
+import functools
 import inspect
 import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import annotated_types
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from pydantic import BeforeValidator
+
+from hugnc.arguments import NonNegative, Positive, PositiveInt, describe, fits, has_rule
 
 #: Keys Hydra's ``instantiate`` reads itself; allowed in every ``_target_`` node.
 INSTANTIATE_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
@@ -44,9 +40,6 @@ INSTANTIATE_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_
 #: Groups that are a dict of ``_target_`` nodes (``train.py`` instantiates every entry): a new
 #: entry (``+callbacks.my_callback={...}``) is a legitimate addition, not a typo.
 COLLECTIONS = frozenset({"callbacks", "logger"})
-
-#: Groups ``train.py`` builds objects from: a config without one of them cannot run.
-REQUIRED_GROUPS = ("data", "model", "loss", "head", "optimizer", "trainer")
 
 #: Constructor arguments ``train.py`` passes itself (so the config must not need to supply them).
 SUPPLIED_BY_CODE: dict[str, frozenset[str]] = {
@@ -88,182 +81,17 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-# --------------------------------------------------------------------------------------------
-# Rules: ranges and choices, one table.
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """``check(value)`` returns what is allowed when ``value`` is not (``None`` when it is).
-
-    ``deferred`` rules need an import (of torch, via the package that defines the allowed values):
-    they run after the cheap rules found nothing, so the common mistakes fail fast.
-    """
-
-    check: Callable[[Any], str | None]
-    deferred: bool = False
-
-
-def number(
-    minimum: float | None = None,
-    *,
-    above: bool = False,
-    maximum: float | None = None,
-    nullable: bool = False,
-    integer: bool = False,
-    also: tuple[Any, ...] = (),
-) -> Rule:
-    """A number (an ``int`` if ``integer``) in ``[minimum, maximum]`` (``(minimum, ...`` if
-    ``above``), or one of ``also``, or ``null`` if ``nullable``."""
-    kind = "an integer" if integer else "a number"
-    bounds = ""
-    if minimum is not None and maximum is not None:
-        bounds = f"in {'(' if above else '['}{minimum:g}, {maximum:g}]"
-    elif minimum is not None:
-        bounds = f"{'>' if above else '>='} {minimum:g}"
-    elif maximum is not None:
-        bounds = f"<= {maximum:g}"
-    alternatives = "".join(f" or {_show(v)}" for v in also) + (" or null" if nullable else "")
-
-    def check(value: Any) -> str | None:
-        if value is None:
-            return None if nullable else f"must be {kind} {bounds}{alternatives}"
-        if value in also and type(value) in {type(v) for v in also}:
-            return None
-        if not (_is_int(value) if integer else _is_number(value)):
-            return f"must be {kind} {bounds}{alternatives}"
-        too_low = minimum is not None and (value <= minimum if above else value < minimum)
-        too_high = maximum is not None and value > maximum
-        return f"must be {bounds}{alternatives}" if too_low or too_high else None
-
-    return Rule(check)
-
-
-def choice(options: Callable[[], Iterable[Any]] | Iterable[Any], *, nullable: bool = False) -> Rule:
-    """One of ``options``; a callable is called (and its module imported) only when needed."""
-    deferred = callable(options)
-
-    def check(value: Any) -> str | None:
-        allowed = list(options() if callable(options) else options)
-        # Strings or integers only: YAML's true would otherwise equal an allowed 1.
-        exact = isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
-        if (value is None and nullable) or (exact and value in allowed):
-            return None
-        return "must be one of " + ", ".join(map(str, allowed)) + (" or null" if nullable else "")
-
-    return Rule(check, deferred=deferred)
-
-
-def of_type(kind: type, *, nullable: bool = False) -> Rule:
-    """A ``str`` or a ``bool`` (for top-level keys, which have no signature)."""
-    name = {str: "a string", bool: "true or false"}[kind]
-
-    def check(value: Any) -> str | None:
-        if (value is None and nullable) or isinstance(value, kind):
-            return None
-        return f"must be {name}" + (" or null" if nullable else "")
-
-    return Rule(check)
-
-
-def _hug_variants() -> tuple[str, ...]:
-    from hugnc.losses import VARIANTS
-
-    return tuple(VARIANTS)
-
-
-def _cifar_resnet_depths() -> tuple[int, ...]:
-    from hugnc.models.backbones import CIFAR_RESNET_BLOCKS
-
-    return tuple(sorted(CIFAR_RESNET_BLOCKS))
-
-
-def _torchvision_resnets() -> tuple[str, ...]:
-    from hugnc.models.backbones import TORCHVISION_RESNETS
-
-    return TORCHVISION_RESNETS
-
-
-def _imb_types() -> tuple[str, ...]:
-    from hugnc.data.long_tail import IMB_TYPES
-
-    return IMB_TYPES
-
-
-def _scenarios() -> tuple[str, ...]:
-    from hugnc.data.continual import SCENARIOS
-
-    return SCENARIOS
-
-
-def _continual_datasets() -> list[str]:
-    from hugnc.data import DATAMODULES
-
-    return sorted(DATAMODULES)
-
-
-#: The ranges and choices of every group (key -> rule). A key absent from the composed config (a
-#: loss without ``mhe_power``, a dataset without ``imb_factor``) is not checked.
-RULES: dict[str, Rule] = {
-    # train.yaml
-    "task_name": of_type(str),
-    "seed": number(0, integer=True),
-    "test": of_type(bool),
-    "ckpt_path": of_type(str, nullable=True),
-    "matmul_precision": choice(("highest", "high", "medium")),
-    "retain_host_memory": of_type(bool),
-    # loss
-    "loss.alpha": number(0),
-    "loss.beta": number(0),
-    "loss.mhe_power": number(0),
-    "loss.label_smoothing": number(0, maximum=1),
-    "loss.variant": choice(_hug_variants),
-    # head
-    "head.scale": number(0, above=True),
-    # model
-    "model.feature_dim": number(2, integer=True, nullable=True),
-    "model.kernel_size": number(1, integer=True),
-    "model.convs_per_stage": number(1, integer=True),
-    "model.depth": choice(_cifar_resnet_depths),
-    "model.arch": choice(_torchvision_resnets),
-    # data
-    "data.num_classes": number(2, integer=True),
-    "data.batch_size": number(1, integer=True),
-    "data.eval_batch_size": number(1, integer=True, nullable=True),
-    "data.val_size": number(0, integer=True),
-    "data.train_subset": number(1, integer=True, nullable=True),
-    "data.seed": number(0, integer=True),
-    "data.imb_factor": number(0, above=True, maximum=1, nullable=True),
-    "data.num_workers": number(0, integer=True),
-    "data.num_tasks": number(1, integer=True),
-    "data.imb_type": choice(_imb_types),
-    "data.scenario": choice(_scenarios),
-    "data.dataset": choice(_continual_datasets),
-    # optimizer, scheduler
-    "optimizer.lr": number(0, above=True),
-    "optimizer.weight_decay": number(0),
-    "optimizer.momentum": number(0),
-    "scheduler.interval": choice(("epoch", "step")),
-    # trainer (types and the allowed precisions come from lightning.Trainer's signature)
-    "trainer.max_epochs": number(1, integer=True, also=(-1,), nullable=True),
-    "trainer.num_nodes": number(1, integer=True),
-    "trainer.log_every_n_steps": number(1, integer=True),
-    "trainer.check_val_every_n_epoch": number(1, integer=True, nullable=True),
-    # python -m hugnc.continual
-    "continual.fresh_optimizer": of_type(bool),
+#: Ranges of the third-party constructors a config sets (their signatures state none).
+THIRD_PARTY: dict[str, dict[str, Any]] = {
+    "lightning.Trainer": {
+        "max_epochs": Annotated[int, annotated_types.Ge(1)] | Literal[-1] | None,
+        "num_nodes": PositiveInt,
+        "log_every_n_steps": PositiveInt,
+        "check_val_every_n_epoch": PositiveInt | None,
+    },
+    "torch.optim.SGD": {"lr": Positive, "momentum": NonNegative, "weight_decay": NonNegative},
+    "torch.optim.AdamW": {"lr": Positive, "weight_decay": NonNegative},
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Signatures of _target_ callables.
 
 
 @dataclass(frozen=True)
@@ -293,7 +121,7 @@ KWARGS_PASSED_TO: dict[str, Callable[[DictConfig], Any]] = {
 def _hints(function: Callable[..., Any]) -> dict[str, Any]:
     """The evaluable annotations of ``function``'s parameters (string ones are skipped)."""
     try:
-        return typing.get_type_hints(function)
+        return typing.get_type_hints(function, include_extras=True)
     except Exception:  # an annotation naming something not importable at runtime
         try:
             parameters = inspect.signature(function).parameters.values()
@@ -311,7 +139,7 @@ def _own_parameters(function: Callable[..., Any], skip_first: bool) -> list[insp
     return parameters[1:] if skip_first else parameters
 
 
-@cache
+@functools.cache
 def signature_of(target: Any) -> Signature:
     """The keywords ``target`` (a class or function) accepts, following ``**kwargs`` up the base
     classes' ``__init__`` (hugnc's datamodules pass theirs to :class:`ImageDataModule`)."""
@@ -339,8 +167,10 @@ def signature_of(target: Any) -> Signature:
                 var_keyword = True
             elif p.kind is not p.VAR_POSITIONAL:
                 keys.add(p.name)
-                if p.name in function_hints and p.name not in hints:
-                    hints[p.name] = function_hints[p.name]
+                # A subclass repeating a base argument without its rule keeps the base's rule.
+                hint = function_hints.get(p.name)
+                if hint is not None and (p.name not in hints or not has_rule(hints[p.name])):
+                    hints[p.name] = hint
                 if depth == 0 and p.default is p.empty:
                     required.add(p.name)
         if not var_keyword:
@@ -355,81 +185,40 @@ def signature_of(target: Any) -> Signature:
     )
 
 
-def _describe(hint: Any) -> str:
-    """An annotation in words: ``int or null``, ``one of 'a', 'b'``, ``a list of int``."""
+def _exactly_one_of(options: tuple[Any, ...], value: Any) -> Any:
+    if not any(type(value) is type(option) and value == option for option in options):
+        raise ValueError("not one of the options")
+    return value
+
+
+def checkable(hint: Any) -> Any:
+    """``hint`` as pydantic can judge a config value by it: what a config cannot express is
+    let through. A class becomes a node (which Hydra may instantiate), a path or an enum a string
+    or a node, an iterable a list, a mapping a dict; ``Any``, callables, type variables and
+    unevaluated (string) annotations accept anything."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is type(None):
-        return "null"
+    if origin is Annotated:
+        return Annotated[(checkable(args[0]), *args[1:])]
     if origin in (typing.Union, types.UnionType):
-        literals = [a for a in args if typing.get_origin(a) is typing.Literal]
-        words = [_describe(a) for a in args if a not in literals and a is not type(None)]
-        if literals:
-            values = [_show(v) for a in literals for v in typing.get_args(a)]
-            words.insert(0, "one of " + ", ".join(dict.fromkeys(values)))
-        if type(None) in args:
-            words.append("null")
-        return " or ".join(dict.fromkeys(words))
-    if origin is typing.Literal:
-        return "one of " + ", ".join(_show(a) for a in args)
-    if origin is not None and _is_sequence_type(origin):
-        return f"a list of {_describe(args[0])}" if args else "a list"
-    if hint is bool:
-        return "true or false"
-    return getattr(hint, "__name__", str(hint))
-
-
-def _is_sequence_type(origin: Any) -> bool:
-    return (
-        isinstance(origin, type)
-        and issubclass(origin, collections.abc.Iterable)
-        and not issubclass(origin, str | bytes | collections.abc.Mapping)
-    )
-
-
-def matches(value: Any, hint: Any) -> bool:
-    """Whether a config value fits an annotation; unknown annotations accept anything.
-
-    Only the cases a config can express are judged: scalars, ``Literal``, unions, lists and
-    dicts. A class annotation accepts a node (which Hydra may instantiate) but not a scalar,
-    except strings for paths and enums.
-    """
-    if hint is Any or hint is inspect.Parameter.empty or isinstance(hint, str | typing.TypeVar):
-        return True
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(matches(value, a) for a in args)
-    if origin is typing.Literal:
-        return any(type(value) is type(a) and value == a for a in args)
-    if hint is type(None) or hint is None:
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return _is_int(value)
-    if hint is float:
-        return _is_number(value)
-    if hint is str:
-        return isinstance(value, str)
+        return typing.Union[tuple(checkable(a) for a in args)]  # noqa: UP007 (a runtime tuple)
+    if origin is Literal:  # pydantic takes 32.0 for 32; a config value must be the very one
+        return Annotated[hint, BeforeValidator(functools.partial(_exactly_one_of, args))]
+    if hint in (int, float, str, bool, type(None)):
+        return hint
     base = origin if origin is not None else hint
-    if not isinstance(base, type):
-        return True  # Callable[...], NewType, Annotated and the like: not judged
-    if issubclass(base, collections.abc.Mapping):
-        return isinstance(value, dict)
-    if _is_sequence_type(base):
-        if isinstance(value, str):
-            return issubclass(base, str)
-        if not isinstance(value, list | tuple):
-            return False
+    if not isinstance(base, type) or hint is Any:
+        return Any
+    if issubclass(base, str | bytes):
+        return str
+    if issubclass(base, typing.Mapping):
+        return dict[str, Any]
+    if issubclass(base, typing.Iterable):
         if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(args) == len(value) and all(map(matches, value, args))
-        return not args or all(matches(v, args[0]) for v in value)
+            return tuple[tuple(checkable(a) for a in args)]  # type: ignore[misc]
+        return list[checkable(args[0]) if args else Any]  # type: ignore[misc]
     if issubclass(base, os.PathLike) or issubclass(base, enum.Enum):
-        return isinstance(value, str | dict)
-    return isinstance(value, dict) or not isinstance(value, int | float | str | bool | list)
-
-
-# --------------------------------------------------------------------------------------------
-# Walking a composed config.
+        return str | dict[str, Any]
+    return dict[str, Any]
 
 
 def unknown_key_problem(key: str, allowed: Iterable[str], owner: str) -> Problem:
@@ -481,84 +270,10 @@ def _target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]
                 yield from _target_nodes(item, f"{path}[{index}]")
 
 
-def _check_rules(cfg: DictConfig, deferred: bool) -> list[Problem]:
-    problems = []
-    for key, rule in RULES.items():
-        if rule.deferred != deferred:
-            continue
-        parent_key, _, name = key.rpartition(".")
-        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-        if not isinstance(parent, DictConfig) or name not in parent:
-            continue
-        value, problem = _value(parent, name, key)
-        if problem is None:
-            message = rule.check(value)
-            problem = Problem(key, message, value) if message else None
-        if problem is not None:
-            problems.append(problem)
-    return problems
-
-
-def target_signature(path: str, node: DictConfig) -> Signature | Problem:
-    """The signature of the callable ``node._target_`` names (with its ``**kwargs`` followed to
-    their destination, see :data:`KWARGS_PASSED_TO`), or why there is none."""
-    from hydra.utils import get_object
-
-    target = node.get("_target_")
-    if not isinstance(target, str):
-        return Problem(f"{path}._target_", "must be a dotted name (module.Class)", target)
-    try:
-        obj = get_object(target)
-    except Exception as error:
-        cause = error.__cause__ or error
-        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        return Problem(f"{path}._target_", f"cannot be imported ({reason})", target)
-    signature = signature_of(obj)
-    passed_to = KWARGS_PASSED_TO.get(target)
-    destination = passed_to(node) if passed_to is not None else None
-    if destination is not None:
-        base = signature_of(destination)
-        keys = None if base.keys is None or signature.keys is None else signature.keys | base.keys
-        hints = base.hints | signature.hints
-        signature = Signature(signature.name, keys, signature.required, hints)
-    return Signature(target, signature.keys, signature.required, signature.hints)
-
-
-def _check_target(path: str, node: DictConfig, skip: set[str]) -> list[Problem]:
-    """Problems of one ``_target_`` node: importable, known keys, types, required arguments."""
-    signature = target_signature(path, node)
-    if isinstance(signature, Problem):
-        return [signature]
-    problems = []
-    for key in map(str, node):
-        full = f"{path}.{key}"
-        if key in INSTANTIATE_KEYS or full in skip:
-            continue
-        if signature.keys is not None and key not in signature.keys:
-            problems.append(unknown_key_problem(full, signature.keys, signature.name))
-            continue
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and "_target_" in child:
-            continue  # checked as a node of its own
-        value, problem = _value(node, key, full)
-        if problem is None and key in signature.hints and not matches(value, signature.hints[key]):
-            problem = Problem(full, f"must be {_describe(signature.hints[key])}", value)
-        if problem is not None:
-            problems.append(problem)
-    if not node.get("_partial_", False):
-        supplied = SUPPLIED_BY_CODE.get(path, frozenset())
-        for key in sorted(signature.required - set(map(str, node)) - supplied):
-            problems.append(Problem(f"{path}.{key}", f"missing: {signature.name} needs it"))
-    return problems
-
-
 def _check_structure(cfg: DictConfig) -> list[Problem]:
     """The groups ``train.py`` builds from must be there, collections must hold targets, and a
     continual split belongs to ``python -m hugnc.continual``."""
     problems = []
-    for group in REQUIRED_GROUPS:
-        if not isinstance(cfg.get(group), DictConfig):
-            problems.append(Problem(group, "missing: the run builds an object from it"))
     for group in COLLECTIONS:
         entries = cfg.get(group)
         if not isinstance(entries, DictConfig):
@@ -611,28 +326,103 @@ def added_key_problems(cfg: DictConfig, added: Iterable[str]) -> list[Problem]:
     return problems
 
 
+def target_signature(path: str, node: DictConfig) -> Signature | Problem:
+    """The signature of the callable ``node._target_`` names (with its ``**kwargs`` followed to
+    their destination, see :data:`KWARGS_PASSED_TO`, and :data:`THIRD_PARTY` ranges), or why
+    there is none."""
+    from hydra.utils import get_object
+
+    target = node.get("_target_")
+    if not isinstance(target, str):
+        return Problem(f"{path}._target_", "must be a dotted name (module.Class)", target)
+    try:
+        obj = get_object(target)
+    except Exception as error:
+        cause = error.__cause__ or error
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        return Problem(f"{path}._target_", f"cannot be imported ({reason})", target)
+    signature = signature_of(obj)
+    keys, hints = signature.keys, signature.hints | THIRD_PARTY.get(target, {})
+    passed_to = KWARGS_PASSED_TO.get(target)
+    destination = passed_to(node) if passed_to is not None else None
+    if destination is not None:
+        base = signature_of(destination)
+        keys = None if base.keys is None or keys is None else keys | base.keys
+        hints = base.hints | hints
+    return Signature(target, keys, signature.required, hints)
+
+
+def _value_problems(path: str, node: DictConfig, key: str, hint: Any) -> Iterator[Problem]:
+    """The problem of ``node[key]`` (unresolvable, or not fitting ``hint``), if any."""
+    value, problem = _value(node, key, path)
+    if problem is None and hint is not None and not fits(value, checkable(hint)):
+        problem = Problem(path, f"must be {describe(hint, value)}", value)
+    if problem is not None:
+        yield problem
+
+
+def _check_target(path: str, node: DictConfig) -> list[Problem]:
+    """Problems of one ``_target_`` node: importable, known keys, values, required arguments."""
+    signature = target_signature(path, node)
+    if isinstance(signature, Problem):
+        return [signature]
+    problems = []
+    for key in map(str, node):
+        full = f"{path}.{key}"
+        if key in INSTANTIATE_KEYS:
+            continue
+        if signature.keys is not None and key not in signature.keys:
+            problems.append(unknown_key_problem(full, signature.keys, signature.name))
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and "_target_" in child:
+            continue  # checked as a node of its own
+        problems += _value_problems(full, node, key, signature.hints.get(key))
+    if not node.get("_partial_", False):
+        supplied = SUPPLIED_BY_CODE.get(path, frozenset())
+        for key in sorted(signature.required - set(map(str, node)) - supplied):
+            problems.append(Problem(f"{path}.{key}", f"missing: {signature.name} needs it"))
+    return problems
+
+
+def _is_node_type(hint: Any) -> bool:
+    return isinstance(hint, type) and (typing.is_typeddict(hint) or dataclasses.is_dataclass(hint))
+
+
+def _check_keys(node: DictConfig, keys: type, path: str = "") -> list[Problem]:
+    """Values of the keys of ``node`` that ``keys`` (a ``TypedDict`` or dataclass) declares; a
+    nested one is a node checked the same way."""
+    problems: list[Problem] = []
+    required: frozenset[str] = getattr(keys, "__required_keys__", frozenset())
+    for key, hint in typing.get_type_hints(keys, include_extras=True).items():
+        full = f"{path}.{key}" if path else key
+        child = node._get_node(key) if key in node else None
+        if child is None or (key in required and child._is_none()):
+            if key in required:
+                problems.append(Problem(full, "missing: the run builds an object from it"))
+            continue
+        nested = [m for m in typing.get_args(hint) or (hint,) if _is_node_type(m)]
+        if nested and isinstance(child, DictConfig) and not child._is_none():
+            problems += _check_keys(child, nested[0], full)
+        elif not nested:
+            problems += _value_problems(full, node, key, hint)
+    return problems
+
+
 def validate_config(
-    cfg: DictConfig, added_keys: Iterable[str] = (), cheap_only: bool = False
+    cfg: DictConfig, run_keys: type, added_keys: Iterable[str] = ()
 ) -> list[Problem]:
     """Everything wrong with a composed hugnc config (empty: valid).
 
     Args:
         cfg: a config as Hydra composes it for a job (``hydra`` node optional; interpolations into
             it need :class:`~hydra.core.hydra_config.HydraConfig` to be set, as in a run).
+        run_keys: the ``TypedDict`` of the entry point's own top-level keys.
         added_keys: dotted keys the command line added with ``+`` (see
             :func:`added_key_problems`).
-        cheap_only: only the checks that import nothing (the cheap rules, structure, added keys).
-
-    The cheap checks run first and their problems are returned alone: the usual mistake (a
-    negative weight, a bad batch size) is then reported without importing torch. Otherwise the
-    rules that need imports and the ``_target_`` signatures are checked.
     """
-    problems = _check_rules(cfg, deferred=False) + _check_structure(cfg)
-    problems += added_key_problems(cfg, added_keys)
-    if problems or cheap_only:
-        return problems
-    problems = _check_rules(cfg, deferred=True)
-    judged = {p.key for p in problems}
+    problems = _check_structure(cfg) + added_key_problems(cfg, added_keys)
+    problems += _check_keys(cfg, run_keys)
     for path, node in _target_nodes(cfg):
-        problems += _check_target(path, node, judged)
+        problems += _check_target(path, node)
     return problems

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import torch
 from hydra.utils import instantiate
@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from hugnc.arguments import NonNegativeInt
 from hugnc.callbacks.preemption import PreemptionCheckpoint
 from hugnc.host_memory import retain_freed_host_memory
 from hugnc.loggers import finish_loggers
@@ -26,6 +27,39 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
+
+
+class SchedulerKeys(TypedDict, total=False):
+    """The ``scheduler`` group's own key (``factory`` is a ``_target_`` node)."""
+
+    interval: Literal["epoch", "step"]
+
+
+class RunGroups(TypedDict):
+    """The groups this module builds objects from: a run needs each (their keys are checked
+    against their ``_target_``)."""
+
+    data: dict[str, Any]
+    model: dict[str, Any]
+    loss: dict[str, Any]
+    head: dict[str, Any]
+    optimizer: dict[str, Any]
+    trainer: dict[str, Any]
+
+
+class RunKeys(RunGroups, total=False):
+    """The keys of ``conf/train.yaml`` that this module reads itself (no constructor takes them):
+    their types, ranges and choices, for the config check (:mod:`hugnc.schema`)."""
+
+    task_name: str
+    seed: NonNegativeInt
+    test: bool
+    ckpt_path: str | None
+    channels_last: bool
+    compile: bool
+    matmul_precision: Literal["highest", "high", "medium"]
+    retain_host_memory: bool
+    scheduler: SchedulerKeys | None
 
 
 def instantiate_all(group: DictConfig | None) -> list:

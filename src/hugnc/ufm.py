@@ -23,26 +23,38 @@ from __future__ import annotations
 import json
 import math
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, Literal, TypedDict, cast
 
 import hydra
 import torch
+from annotated_types import Ge
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from hugnc.arguments import (
+    FeatureDim,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveInt,
+    check_fields,
+)
 from hugnc.config import config_dir
 from hugnc.losses import Criterion
 from hugnc.metrics import NeuralCollapse
 from hugnc.models.heads import Head
+from hugnc.preflight import run_checked
 
 #: Rows per NeuralCollapse.update call (bounds the float64 copy in the metric).
 MEASURE_CHUNK = 8192
 
 #: Learning-rate schedules of :class:`UFMSettings`.
-SCHEDULES = ("constant", "cosine")
+Schedule = Literal["constant", "cosine"]
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 
 #: Columns of the printed table: (history key, header, format).
 TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -81,34 +93,33 @@ class UFMSettings:
         max_points: features drawn in the d = 2 / 3 picture.
     """
 
-    num_classes: int = 100
-    samples_per_class: int = 500
-    feature_dim: int = 512
-    steps: int = 20000
-    batch_size: int | None = None
-    log_every: int = 1000
-    lr: float = 1.0
-    momentum: float = 0.9
+    num_classes: Annotated[int, Ge(2)] = 100
+    samples_per_class: PositiveInt = 500
+    feature_dim: FeatureDim = 512
+    steps: NonNegativeInt = 20000
+    batch_size: PositiveInt | None = None
+    log_every: PositiveInt = 1000
+    lr: Positive = 1.0
+    momentum: NonNegative = 0.9
     nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "constant"
+    weight_decay: NonNegative = 5e-4
+    schedule: Schedule = "constant"
     device: str = "cpu"
-    seed: int = 0
+    seed: NonNegativeInt = 0
     plots: bool = True
-    max_points: int = 5000
+    max_points: PositiveInt = 5000
 
     def __post_init__(self) -> None:
-        if self.num_classes < 2 or self.samples_per_class < 1 or self.feature_dim < 1:
-            raise ValueError(
-                f"UFM needs num_classes >= 2, samples_per_class >= 1, feature_dim >= 1; got "
-                f"{self.num_classes}, {self.samples_per_class}, {self.feature_dim}"
-            )
-        if self.steps < 0 or self.log_every < 1:
-            raise ValueError(f"need steps >= 0, log_every >= 1; got {self.steps}, {self.log_every}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or null, got {self.batch_size}")
+        check_fields(self)
+
+
+class UFMRunKeys(TypedDict):
+    """The keys of ``conf/ufm.yaml`` that no ``_target_`` takes (for the config check)."""
+
+    task_name: str
+    ufm: UFMSettings
+    loss: dict[str, Any]
+    head: dict[str, Any]
 
 
 class UnconstrainedFeatures(nn.Module):
@@ -375,7 +386,7 @@ def _run(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    _run()
+    run_checked(_run, config_name="ufm")
 
 
 if __name__ == "__main__":

@@ -79,23 +79,26 @@ def test_experiments_keep_or_override_the_data_model(
 def test_each_job_of_a_multirun_gets_its_data_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Composed as the basic sweeper composes each job (the config check's composer)."""
-    import argparse
-
+    """Composed as the basic sweeper composes each job (Hydra's loader, the config check's job
+    list)."""
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
 
-    import hugnc.__main__
-    from hugnc.preflight import _Composer
+    from hugnc.config import config_dir
+    from hugnc.preflight import sweep_jobs
 
     monkeypatch.chdir(tmp_path)
-    args = argparse.Namespace(config_name=None, config_path=None, config_dir=None)
-    composer = _Composer(args, "train", hugnc.__main__.__file__)
-    try:
-        master, jobs = composer.sweep_jobs(["data=cifar10,mnist"])
-        targets = [composer.job_config(master, job).model._target_ for job in jobs]
-        assert targets == ["hugnc.models.CifarResNet", "hugnc.models.LeNetPlusPlus"]
-        master, jobs = composer.sweep_jobs(["data=cifar10,mnist", "model=resnet18"])
-        targets = [composer.job_config(master, job).model._target_ for job in jobs]
-        assert targets == ["hugnc.models.CifarResNet", "hugnc.models.CifarResNet"]
-    finally:
-        GlobalHydra.instance().clear()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        for overrides, expected in [
+            (["data=cifar10,mnist"], ["CifarResNet", "LeNetPlusPlus"]),
+            (["data=cifar10,mnist", "model=resnet18"], ["CifarResNet", "CifarResNet"]),
+        ]:
+            master = loader.load_configuration("train", overrides, run_mode=RunMode.MULTIRUN)
+            jobs = sweep_jobs(master)
+            targets = [
+                loader.load_sweep_config(master, job.overrides).model._target_ for job in jobs
+            ]
+            assert targets == [f"hugnc.models.{name}" for name in expected]

@@ -114,5 +114,5 @@ def test_real_split_is_seeded_disjoint_and_complete(fashion_mnist_dir: Path) -> 
 def test_bad_arguments_fail_early(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="10 classes"):
         FashionMNISTDataModule(str(tmp_path), num_classes=100)
-    with pytest.raises(ValueError, match="batch_size >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
         FashionMNISTDataModule(str(tmp_path), batch_size=0)

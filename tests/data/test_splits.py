@@ -26,7 +26,9 @@ def test_more_tasks_than_classes_is_one_clear_error(num_tasks: int) -> None:
 
 
 def test_unknown_dataset_and_scenario_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown dataset 'svhn'.*cifar10, cifar100, fash"):
+    with pytest.raises(
+        ValueError, match=r"dataset must be one of cifar10, cifar100, fash.*got 'svhn'"
+    ):
         ContinualDataModule("svhn", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="scenario must be one of class, task, got 'domain'"):
         ContinualDataModule("cifar10", scenario="domain", data_dir=str(tmp_path))

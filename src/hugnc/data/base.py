@@ -10,9 +10,10 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from annotated_types import Ge, Gt, Le
 from lightning import LightningDataModule
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -20,7 +21,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from hugnc.data.long_tail import long_tail_counts, sample_per_class
+from hugnc.arguments import NonNegativeInt, PositiveInt, checked
+from hugnc.data.long_tail import ImbType, long_tail_counts, sample_per_class
 from hugnc.data.on_device import DeviceBatchLoader
 from hugnc.host_memory import release_freed_host_memory
 
@@ -145,22 +147,23 @@ class ImageDataModule(LightningDataModule):
     mean: Sequence[float] = ()
     std: Sequence[float] = ()
 
+    @checked
     def __init__(
         self,
         data_dir: str,
-        num_classes: int,
-        batch_size: int = 256,
-        eval_batch_size: int | None = None,
-        val_size: int = 0,
-        seed: int = 0,
+        num_classes: Annotated[int, Ge(2)],
+        batch_size: PositiveInt = 256,
+        eval_batch_size: PositiveInt | None = None,
+        val_size: NonNegativeInt = 0,
+        seed: NonNegativeInt = 0,
         augment: bool = False,
-        train_subset: int | None = None,
-        imb_type: str = "exp",
-        imb_factor: float | None = None,
-        num_workers: int = 0,
+        train_subset: PositiveInt | None = None,
+        imb_type: ImbType = "exp",
+        imb_factor: Annotated[float, Gt(0), Le(1)] | None = None,
+        num_workers: NonNegativeInt = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        on_device: bool | Literal["auto"] = False,
+        on_device: Literal["auto"] | bool = False,
     ) -> None:
         super().__init__()
         if on_device == "auto":
@@ -172,24 +175,11 @@ class ImageDataModule(LightningDataModule):
                 "MNIST-5k, Fashion-MNIST and their long-tailed and split variants). "
                 "Set data.on_device=false."
             )
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError(
-                f"need batch_size >= 1 and eval_batch_size >= 1 or null, "
-                f"got {batch_size}, {eval_batch_size}"
-            )
-        if val_size < 0 or (train_subset is not None and train_subset < 1):
-            raise ValueError(
-                f"need val_size >= 0 and train_subset >= 1 or null, got {val_size}, {train_subset}"
-            )
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if self.fixed_num_classes is not None and num_classes != self.fixed_num_classes:
             raise ValueError(
                 f"{self.dataset_name} has {self.fixed_num_classes} classes, "
                 f"data.num_classes={num_classes}"
             )
-        if imb_factor is not None:
-            long_tail_counts(1, 2, imb_type, imb_factor)  # validates imb_type and imb_factor
         self.data_dir = data_dir
         self.num_classes = num_classes
         self.batch_size = batch_size

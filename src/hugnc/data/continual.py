@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
+from hugnc.arguments import PositiveInt, checked
 from hugnc.data.base import ImageDataModule, select_classes
 from hugnc.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from hugnc.data.fashion_mnist import FashionMNISTDataModule
@@ -17,6 +19,8 @@ from hugnc.data.mnist import MNIST5kDataModule, MNISTDataModule
 from hugnc.data.on_device import DeviceBatchLoader
 
 #: The datasets a continual split can be made of, by the name of their data config.
+DatasetName = Literal["cifar10", "cifar100", "fashion_mnist", "imagenet", "mnist", "mnist5k"]
+#: The datasets a continual split can be made of (the keys are :data:`DatasetName`).
 DATAMODULES: dict[str, type[ImageDataModule]] = {
     "cifar10": CIFAR10DataModule,
     "cifar100": CIFAR100DataModule,
@@ -25,7 +29,8 @@ DATAMODULES: dict[str, type[ImageDataModule]] = {
     "mnist": MNISTDataModule,
     "mnist5k": MNIST5kDataModule,
 }
-SCENARIOS = ("class", "task")
+Scenario = Literal["class", "task"]
+SCENARIOS: tuple[str, ...] = typing.get_args(Scenario)
 
 
 def split_classes(num_classes: int, num_tasks: int, seed: int = 0) -> list[list[int]]:
@@ -54,17 +59,15 @@ class ContinualDataModule(LightningDataModule):
         **dataset_kwargs: the underlying datamodule's arguments (``data_dir``, ``batch_size``...).
     """
 
+    @checked
     def __init__(
-        self, dataset: str, num_tasks: int = 5, scenario: str = "class", **dataset_kwargs: Any
+        self,
+        dataset: DatasetName,
+        num_tasks: PositiveInt = 5,
+        scenario: Scenario = "class",
+        **dataset_kwargs: Any,
     ) -> None:
         super().__init__()
-        if dataset not in DATAMODULES:
-            raise ValueError(
-                f"unknown dataset {dataset!r} for a continual split; "
-                f"choose one of {', '.join(sorted(DATAMODULES))}"
-            )
-        if scenario not in SCENARIOS:
-            raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
         self.base = DATAMODULES[dataset](**dataset_kwargs)
         self.dataset = dataset
         self.scenario = scenario

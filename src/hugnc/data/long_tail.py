@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-IMB_TYPES = ("exp", "step")
+ImbType = Literal["exp", "step"]
+IMB_TYPES: tuple[str, ...] = typing.get_args(ImbType)
 
 
 def long_tail_counts(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch.nn.functional as F
+from annotated_types import Ge, Le
 from torch import Tensor
 
+from hugnc.arguments import checked
 from hugnc.losses.criterion import ClassifierHead, Criterion
 
 
@@ -15,10 +19,9 @@ class CrossEntropyLoss(Criterion):
         label_smoothing: in [0, 1]; 0 is plain cross-entropy.
     """
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    @checked
+    def __init__(self, label_smoothing: Annotated[float, Ge(0), Le(1)] = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from torch import Tensor
 
+from hugnc.arguments import NonNegative, checked
 from hugnc.losses.criterion import ClassifierHead, Criterion
 from hugnc.losses.intra import intra_class_distance
 from hugnc.losses.uniformity import gaussian_gram_logdet, min_pairwise_sq_distance, riesz_energy
 
-VARIANTS = ("mhe", "mhs", "mgd")
+Variant = Literal["mhe", "mhs", "mgd"]
+VARIANTS: tuple[str, ...] = typing.get_args(Variant)
 
 
 class HUGLossOutput(NamedTuple):
@@ -49,13 +52,11 @@ class HUGLoss(Criterion):
     # The intra term is class-balanced over the batch, not a mean of per-sample losses.
     needs_global_batch = True
 
-    def __init__(self, variant: str, alpha: float, beta: float, mhe_power: float = 2.0) -> None:
+    @checked
+    def __init__(
+        self, variant: Variant, alpha: NonNegative, beta: NonNegative, mhe_power: NonNegative = 2.0
+    ) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"HUG variant must be one of {VARIANTS}, got {variant!r}")
-        for name, value in (("alpha", alpha), ("beta", beta), ("mhe_power", mhe_power)):
-            if value < 0:
-                raise ValueError(f"HUGLoss {name} must be >= 0, got {value}")
         self.variant = variant
         self.alpha = float(alpha)
         self.beta = float(beta)

@@ -6,11 +6,15 @@ features first, then a head). None of them knows about losses.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torchvision
 from torch import Tensor, nn
+
+from hugnc.arguments import FeatureDim, PositiveInt, checked
 
 
 def _conv_block(
@@ -36,28 +40,27 @@ class LeNetPlusPlus(nn.Module):
 
     Args:
         input_shape: ``(C, H, W)`` of the images (the datamodule's ``input_shape``).
-        feature_dim: output feature size (2 for the GNC picture).
+        feature_dim: output feature size (2 for the GNC picture); ``None``: the flattened last
+            stage, without the linear layer.
         widths: channels of the three stages.
         kernel_size: odd convolution size (5 original, 3 fast).
         convs_per_stage: convolutions per stage.
         batch_norm: add BatchNorm after each convolution.
     """
 
+    @checked
     def __init__(
         self,
         input_shape: Sequence[int] = (1, 28, 28),
-        feature_dim: int = 2,
+        feature_dim: FeatureDim | None = 2,
         widths: Sequence[int] = (32, 64, 128),
-        kernel_size: int = 5,
-        convs_per_stage: int = 2,
+        kernel_size: PositiveInt = 5,
+        convs_per_stage: PositiveInt = 2,
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        if feature_dim < 1 or kernel_size % 2 == 0 or convs_per_stage < 1:
-            raise ValueError(
-                f"LeNet++ needs feature_dim >= 1, an odd kernel_size and convs_per_stage >= 1; "
-                f"got {feature_dim}, {kernel_size}, {convs_per_stage}"
-            )
+        if kernel_size % 2 == 0:
+            raise ValueError(f"LeNetPlusPlus needs an odd kernel_size, got {kernel_size}")
         stages: list[nn.Module] = []
         channels, height, width_px = input_shape
         for width in widths:
@@ -68,8 +71,9 @@ class LeNetPlusPlus(nn.Module):
         self.body = nn.Sequential(*stages)
         for _ in widths:
             height, width_px = -(-height // 2), -(-width_px // 2)
-        self.fc = nn.Linear(channels * height * width_px, feature_dim)
-        self.feature_dim = feature_dim
+        flat_dim = channels * height * width_px
+        self.fc = _projection(flat_dim, feature_dim)
+        self.feature_dim = feature_dim or flat_dim
 
     def forward(self, images: Tensor) -> Tensor:
         return self.fc(torch.flatten(self.body(images), 1))
@@ -99,7 +103,8 @@ class _BasicBlock(nn.Module):
 #: CIFAR ResNet depth -> residual blocks per stage (the allowed ``depth`` values).
 CIFAR_RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 #: The torchvision ResNet constructors :class:`TorchvisionResNet` takes as ``arch``.
-TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+TorchvisionResNetName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+TORCHVISION_RESNETS: tuple[str, ...] = typing.get_args(TorchvisionResNetName)
 
 
 class CifarResNet(nn.Module):
@@ -112,17 +117,14 @@ class CifarResNet(nn.Module):
             linear projection (the paper uses 64/128 on CIFAR-100).
     """
 
+    @checked
     def __init__(
         self,
-        depth: int = 18,
+        depth: Literal[18, 34] = 18,
         input_shape: Sequence[int] = (3, 32, 32),
-        feature_dim: int | None = None,
+        feature_dim: FeatureDim | None = None,
     ) -> None:
         super().__init__()
-        if depth not in CIFAR_RESNET_BLOCKS:
-            raise ValueError(
-                f"CIFAR ResNet depth must be one of {sorted(CIFAR_RESNET_BLOCKS)}, got {depth}"
-            )
         self.stem = nn.Sequential(
             nn.Conv2d(input_shape[0], 64, 3, stride=1, padding=1, bias=False),
             nn.BatchNorm2d(64),
@@ -157,15 +159,14 @@ class TorchvisionResNet(nn.Module):
         feature_dim: ``None`` keeps the pooled features (2048 for ResNet-50), else a projection.
     """
 
+    @checked
     def __init__(
         self,
-        arch: str = "resnet50",
+        arch: TorchvisionResNetName = "resnet50",
         input_shape: Sequence[int] = (3, 224, 224),
-        feature_dim: int | None = None,
+        feature_dim: FeatureDim | None = None,
     ) -> None:
         super().__init__()
-        if arch not in TORCHVISION_RESNETS:
-            raise ValueError(f"arch must be one of {', '.join(TORCHVISION_RESNETS)}, got {arch!r}")
         net = getattr(torchvision.models, arch)(weights=None)
         if input_shape[0] != 3:
             net.conv1 = nn.Conv2d(input_shape[0], 64, 7, stride=2, padding=3, bias=False)
@@ -182,6 +183,4 @@ class TorchvisionResNet(nn.Module):
 def _projection(in_dim: int, feature_dim: int | None) -> nn.Module:
     if feature_dim is None or feature_dim == in_dim:
         return nn.Identity()
-    if feature_dim < 1:
-        raise ValueError(f"feature_dim must be >= 1 or null, got {feature_dim}")
     return nn.Linear(in_dim, feature_dim)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hugnc.arguments import Positive, checked
+
 
 class Head(Protocol):
     """What the LightningModule, the UFM and the callbacks use of a head (both heads below, and
@@ -67,8 +69,9 @@ class ProxyHead(nn.Module):
         renormalize: project proxies back to the unit sphere after each optimizer step.
     """
 
+    @checked
     def __init__(
-        self, feature_dim: int, num_classes: int, scale: float = 16.0, renormalize: bool = True
+        self, feature_dim: int, num_classes: int, scale: Positive = 16.0, renormalize: bool = True
     ) -> None:
         super().__init__()
         bound = 1.0 / math.sqrt(feature_dim)
