@@ -14,6 +14,7 @@ from torchvision import transforms
 from hugnc.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
+    DataCorruptError,
     DatasetUnavailableError,
     ImageDataModule,
     ImageNetDataModule,
@@ -183,7 +184,12 @@ def test_missing_files_are_one_clear_error(
 
 
 def test_cifar_md5_check_is_active_in_production(tmp_path: Path) -> None:
-    write_cifar(tmp_path, 10, train_per_class=1, test_per_class=1)
+    """Every file there but not torchvision's: the first one with another md5 is named."""
+    folder = write_cifar(tmp_path, 10, train_per_class=1, test_per_class=1)
+    with pytest.raises(DataCorruptError) as info:
+        CIFAR10DataModule(str(tmp_path), download=False).prepare_data()
+    assert str(info.value).startswith(f"{folder / 'data_batch_1'} is damaged (its md5 checksum")
+    (folder / "test_batch").unlink()  # one missing: the dataset is incomplete, not damaged
     with pytest.raises(DatasetUnavailableError, match="not found \\(or corrupted\\)"):
         CIFAR10DataModule(str(tmp_path), download=False).prepare_data()
 
