@@ -1,9 +1,11 @@
 """The checks an entry point can run on the composed config before Hydra makes a run directory:
-the data can be had (files present or fetchable, a validation split that leaves training images)."""
+the data can be had (files present or fetchable, a validation split that leaves training images)
+and the global batch splits over the DDP processes."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import DictConfig
@@ -12,6 +14,7 @@ from hugnc.config import config_dir
 from hugnc.data import (
     FashionMNISTDataModule,
     availability_problem,
+    global_batch_problem,
 )
 
 DATA_OPTIONS = sorted(path.stem for path in (config_dir() / "data").glob("*.yaml"))
@@ -104,3 +107,41 @@ def test_omitted_keys_take_the_constructor_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize("target", ["my_project.data.MyDataModule", "builtins.dict", "nodots"])
 def test_unknown_datamodules_are_left_alone(target: str) -> None:
     assert availability_problem({"_target_": target, "data_dir": "/nowhere"}) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["trainer=ddp_cpu", "data.batch_size=7"],
+            "data.batch_size=7 is not divisible by the world size 2 (trainer.devices=2 x "
+            "trainer.num_nodes=1): the global batch is split evenly over the DDP processes; "
+            "use a multiple of 2, e.g. data.batch_size=8",
+        ),
+        (["trainer=ddp_cpu", "data.batch_size=8"], None),
+        (["trainer=ddp_cpu", "trainer.num_nodes=2", "data.batch_size=6"], "e.g. data.batch_size=8"),
+        (["trainer.devices=[0,1,2]", "data.batch_size=8"], "world size 3"),
+        (["trainer.devices='0,1'", "data.batch_size=3"], "world size 2"),
+        (["trainer=ddp_cpu", "data.batch_size=1"], "e.g. data.batch_size=2"),
+        # devices=auto: the count is the machine's, known at run time only.
+        (["trainer=ddp", "data.batch_size=7"], None),
+        (["data.batch_size=7"], None),
+    ],
+)
+def test_global_batch_split_over_the_processes(
+    compose_cfg, overrides: list[str], expected: str | None
+) -> None:
+    problem = global_batch_problem(compose_cfg(*overrides))
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem is not None and expected in problem and "\n" not in problem
+
+
+def test_the_run_refuses_the_same_batch_with_the_same_words(tmp_path: Path) -> None:
+    datamodule = FashionMNISTDataModule(str(tmp_path), batch_size=7)
+    datamodule.trainer = SimpleNamespace(world_size=2)
+    with pytest.raises(
+        ValueError, match=r"^data.batch_size=7 is not divisible by the world size 2"
+    ):
+        _ = datamodule.per_device_batch_size

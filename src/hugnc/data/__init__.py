@@ -3,6 +3,7 @@
 from hugnc.data.base import (
     ImageDataModule,
     availability_problem,
+    global_batch_problem,
     select_classes,
 )
 from hugnc.data.cifar import CIFAR10DataModule, CIFAR100DataModule
@@ -36,6 +37,7 @@ __all__ = [
     "TensorImageDataset",
     "availability_problem",
     "ensure_fashion_mnist",
+    "global_batch_problem",
     "long_tail_counts",
     "sample_per_class",
     "select_classes",

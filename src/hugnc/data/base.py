@@ -74,6 +74,65 @@ def val_size_problem(val_size: int, num_train: int) -> str | None:
     )
 
 
+def batch_split_problem(batch_size: int, world_size: int, where: str = "") -> str | None:
+    """Why the global ``batch_size`` cannot be split into equal per-process batches over
+    ``world_size`` DDP processes (one line), or ``None``.
+
+    Args:
+        where: how the world size comes about, for the message (e.g. the trainer settings).
+    """
+    if batch_size % world_size == 0:
+        return None
+    # The nearest multiple, never 0.
+    suggestion = max(world_size, round(batch_size / world_size) * world_size)
+    source = f" ({where})" if where else ""
+    return (
+        f"data.batch_size={batch_size} is not divisible by the world size {world_size}{source}: "
+        f"the global batch is split evenly over the DDP processes; use a multiple of "
+        f"{world_size}, e.g. data.batch_size={suggestion}"
+    )
+
+
+def _device_count(devices: Any) -> int | None:
+    """The number of processes per node that Lightning starts for ``trainer.devices``, when it
+    follows from the value alone: an int, a list of device ids, ``"2"`` or ``"0,1"``. ``None`` for
+    ``"auto"`` and ``-1`` (the machine's device count, known only to Lightning at run time)."""
+    if isinstance(devices, bool):
+        return None
+    if isinstance(devices, int):
+        return devices if devices >= 1 else None
+    if isinstance(devices, str):
+        if "," in devices:
+            return len([part for part in devices.split(",") if part.strip()]) or None
+        return int(devices) if devices.strip().isdigit() and int(devices) >= 1 else None
+    if isinstance(devices, Sequence):
+        return len(devices) or None
+    return None
+
+
+def global_batch_problem(cfg: Mapping[str, Any]) -> str | None:
+    """Why ``data.batch_size`` cannot be split over the run's DDP processes, from the composed
+    config alone (its ``data`` and ``trainer`` nodes), or ``None``.
+
+    The world size is ``trainer.devices * trainer.num_nodes`` when ``devices`` says how many
+    (an int, a list of ids, ``"0,1"``); with ``"auto"`` or ``-1`` it depends on the machine and
+    this returns ``None`` (:attr:`ImageDataModule.per_device_batch_size` still refuses at run
+    time). Cheap: no import, nothing read.
+
+    Returns:
+        One line naming both settings and a batch size that works, or ``None``.
+    """
+    data, trainer = cfg.get("data"), cfg.get("trainer")
+    if not isinstance(data, Mapping) or not isinstance(trainer, Mapping):
+        return None
+    batch_size, num_nodes = data.get("batch_size"), trainer.get("num_nodes", 1)
+    devices = _device_count(trainer.get("devices", 1))
+    if not isinstance(batch_size, int) or not isinstance(num_nodes, int) or devices is None:
+        return None  # a value of the wrong type is the schema check's to report
+    where = f"trainer.devices={trainer.get('devices')} x trainer.num_nodes={num_nodes}"
+    return batch_split_problem(batch_size, devices * num_nodes, where)
+
+
 def availability_problem(data_cfg: Mapping[str, Any]) -> str | None:
     """Whether the run's data can be had, from the composed config's ``data`` node alone: cheap
     enough to call before Hydra makes a run directory.
@@ -366,10 +425,9 @@ class ImageDataModule(LightningDataModule):
     @property
     def per_device_batch_size(self) -> int:
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        if self.batch_size % world_size:
-            raise ValueError(
-                f"data.batch_size={self.batch_size} is not divisible by the world size {world_size}"
-            )
+        problem = batch_split_problem(self.batch_size, world_size)
+        if problem:
+            raise ValueError(problem)
         return self.batch_size // world_size
 
     def loader(self, dataset: Dataset, train: bool) -> DataLoader | DeviceBatchLoader:
