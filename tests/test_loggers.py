@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import logging.config
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import wandb
+from omegaconf import DictConfig, OmegaConf
 
 from hugnc.loggers import wandb_api_key_configured, wandb_logger
 from hugnc.module import HUGClassifier
@@ -46,14 +51,38 @@ def test_automatic_mode(
         wandb_logger("p", str(tmp_path), mode="sometimes")
 
 
-def test_offline_run_lands_in_run_dir_and_says_how_to_sync(
+@contextmanager
+def hydra_job_logging(cfg: DictConfig) -> Iterator[Path]:
+    """The logging a Hydra job of ``cfg`` runs under (``hydra.job_logging``: the console and the
+    run's log file, whose path it yields); the previous root handlers come back after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    Path(cfg.hydra.runtime.output_dir).mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg.hydra.job_logging, resolve=True)
+    assert isinstance(config, dict)
+    logging.config.dictConfig(config)
+    try:
+        yield Path(config["handlers"]["file"]["filename"])
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_offline_run_lands_in_run_dir_and_says_how_to_sync_once(
     compose_cfg, no_credentials: Path, capsys: pytest.CaptureFixture
 ) -> None:
     cfg = compose_cfg("trainer=debug", "data.batch_size=8", "~callbacks.progress_bar")
-    train(cfg)
+    with hydra_job_logging(cfg) as log_file:
+        train(cfg)
     runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    assert f"wandb sync {runs[0]}" in capsys.readouterr().out
+    sync = f"upload it later with: wandb sync {runs[0]}"
+    # Once on the console, once in the run's log file.
+    assert capsys.readouterr().out.count(sync) == 1
+    assert log_file.read_text().count(sync) == 1
     assert wandb.run is None
 
 

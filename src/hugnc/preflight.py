@@ -352,7 +352,19 @@ def _problems(cfg: DictConfig, run_keys: type, overrides: Sequence[str]) -> list
         cfg.hydra.runtime.output_dir = _OUTPUT_DIR_PLACEHOLDER
     added = added_keys(cfg, overrides)
     found = _with_hydra_config(cfg, lambda c: validate_config(c, run_keys, added))
-    return [f"{p}{_origin(p, cfg, overrides)}" for p in [*combination_problems(cfg), *found]]
+    lines = [f"{p}{_origin(p, cfg, overrides)}" for p in [*combination_problems(cfg), *found]]
+    return lines or _with_hydra_config(cfg, _data_problems)
+
+
+def _data_problems(cfg: DictConfig) -> list[str]:
+    """What the data of a valid config lacks: files neither there nor fetchable, a split or a
+    global batch the dataset or the ranks cannot make (checked once the values are valid)."""
+    from hugnc.data import availability_problem, global_batch_problem
+
+    if not isinstance(cfg.get("data"), DictConfig):
+        return []
+    checks = (global_batch_problem(cfg), availability_problem(cfg.data))
+    return [problem for problem in checks if problem]
 
 
 def _check_jobs(master: DictConfig, jobs: list[_Job], run_keys: type) -> None:

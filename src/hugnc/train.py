@@ -157,7 +157,10 @@ def preemption_saver(callbacks: Sequence[Callback]) -> PreemptionCheckpoint | No
 
 
 def close_loggers(loggers: list[Logger], failed: bool) -> None:
-    """Finish every logger (W&B: as failed or finished) and print what they say (sync command)."""
+    """Finish every logger (W&B: as failed or finished) and log what they say (sync command).
+
+    Logged only: Hydra's job logging (``hydra/job_logging``) shows INFO records on the console
+    and writes them to the run's log file, so a print as well would show the line twice.
+    """
     for line in finish_loggers(loggers, failed):
         log.info(line)
-        print(line)

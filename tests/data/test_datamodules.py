@@ -14,6 +14,7 @@ from torchvision import transforms
 from hugnc.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
+    DataCorruptError,
     DatasetUnavailableError,
     ImageDataModule,
     ImageNetDataModule,
@@ -183,7 +184,12 @@ def test_missing_files_are_one_clear_error(
 
 
 def test_cifar_md5_check_is_active_in_production(tmp_path: Path) -> None:
-    write_cifar(tmp_path, 10, train_per_class=1, test_per_class=1)
+    """Every file there but not torchvision's: the first one with another md5 is named."""
+    folder = write_cifar(tmp_path, 10, train_per_class=1, test_per_class=1)
+    with pytest.raises(DataCorruptError) as info:
+        CIFAR10DataModule(str(tmp_path), download=False).prepare_data()
+    assert str(info.value).startswith(f"{folder / 'data_batch_1'} is damaged (its md5 checksum")
+    (folder / "test_batch").unlink()  # one missing: the dataset is incomplete, not damaged
     with pytest.raises(DatasetUnavailableError, match="not found \\(or corrupted\\)"):
         CIFAR10DataModule(str(tmp_path), download=False).prepare_data()
 
@@ -231,7 +237,7 @@ def test_imagenet_class_list_selects_and_orders_classes(data_root: Path, tmp_pat
     [
         ("n01440764\nn01443537\n", 3, "has 2 classes but data.num_classes=3"),
         ("n01440764\nn01440764\n", 2, "duplicates: \\['n01440764'\\]"),
-        ("# nothing\n", 1, "it is empty"),
+        ("# nothing\n", 2, "it is empty"),
     ],
 )
 def test_bad_class_list_fails_at_construction(
@@ -263,8 +269,8 @@ def test_imagenet_folder_count_must_match_num_classes(data_root: Path) -> None:
     ("kwargs", "error"),
     [
         ({"num_classes": 100}, "CIFAR-10 has 10 classes, data.num_classes=100"),
-        ({"batch_size": 0}, "need batch_size >= 1"),
-        ({"val_size": -1}, "need val_size >= 0"),
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"val_size": -1}, "val_size must be >= 0, got -1"),
         ({"imb_type": "linear", "imb_factor": 0.1}, "imb_type must be one of exp, step"),
     ],
 )

@@ -1,8 +1,14 @@
 """LightningDataModules; no knowledge of models or losses."""
 
-from hugnc.data.base import DatasetUnavailableError, ImageDataModule, select_classes
+from hugnc.data.base import (
+    ImageDataModule,
+    availability_problem,
+    global_batch_problem,
+    select_classes,
+)
 from hugnc.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from hugnc.data.continual import DATAMODULES, ContinualDataModule, split_classes
+from hugnc.data.errors import DataCorruptError, DataError, DatasetUnavailableError
 from hugnc.data.fashion_mnist import FashionMNISTDataModule, ensure_fashion_mnist
 from hugnc.data.imagenet import ImageNetDataModule
 from hugnc.data.in_memory import InMemoryImageDataModule, TensorImageDataset
@@ -17,6 +23,8 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "ContinualDataModule",
+    "DataCorruptError",
+    "DataError",
     "DatasetUnavailableError",
     "DeviceBatchLoader",
     "EpochShardSampler",
@@ -27,7 +35,9 @@ __all__ = [
     "MNIST5kDataModule",
     "MNISTDataModule",
     "TensorImageDataset",
+    "availability_problem",
     "ensure_fashion_mnist",
+    "global_batch_problem",
     "long_tail_counts",
     "sample_per_class",
     "select_classes",

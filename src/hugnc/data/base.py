@@ -6,9 +6,11 @@ Every dataset of hugnc is an :class:`ImageDataModule` subclass that only says ho
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
@@ -40,10 +42,6 @@ def init_loader_worker(worker_id: int) -> None:
     release_freed_host_memory()
 
 
-class DatasetUnavailableError(RuntimeError):
-    """A dataset's files are missing and could not be obtained; the message says how to get them."""
-
-
 @contextmanager
 def network_timeout(seconds: float = DOWNLOAD_TIMEOUT) -> Iterator[None]:
     """Bound every socket operation (torchvision's downloads set no timeout of their own)."""
@@ -65,6 +63,112 @@ def try_download(download: Callable[[], object] | None) -> str:
     except Exception as error:  # torchvision raises various network errors
         return f"download failed: {type(error).__name__}: {error}"
     return ""
+
+
+def val_size_problem(val_size: int, num_train: int) -> str | None:
+    """Why ``val_size`` of the ``num_train`` training images cannot be held out for validation
+    (one line), or ``None``."""
+    if val_size < num_train:
+        return None
+    return (
+        f"data.val_size={val_size} leaves no training images ({num_train} in all); "
+        f"use a data.val_size below {num_train} (0 validates on the test set)"
+    )
+
+
+def batch_split_problem(batch_size: int, world_size: int, where: str = "") -> str | None:
+    """Why the global ``batch_size`` cannot be split into equal per-process batches over
+    ``world_size`` DDP processes (one line), or ``None``.
+
+    Args:
+        where: how the world size comes about, for the message (e.g. the trainer settings).
+    """
+    if batch_size % world_size == 0:
+        return None
+    # The nearest multiple, never 0.
+    suggestion = max(world_size, round(batch_size / world_size) * world_size)
+    source = f" ({where})" if where else ""
+    return (
+        f"data.batch_size={batch_size} is not divisible by the world size {world_size}{source}: "
+        f"the global batch is split evenly over the DDP processes; use a multiple of "
+        f"{world_size}, e.g. data.batch_size={suggestion}"
+    )
+
+
+def _device_count(devices: Any) -> int | None:
+    """The number of processes per node that Lightning starts for ``trainer.devices``, when it
+    follows from the value alone: an int, a list of device ids, ``"2"`` or ``"0,1"``. ``None`` for
+    ``"auto"`` and ``-1`` (the machine's device count, known only to Lightning at run time)."""
+    if isinstance(devices, bool):
+        return None
+    if isinstance(devices, int):
+        return devices if devices >= 1 else None
+    if isinstance(devices, str):
+        if "," in devices:
+            return len([part for part in devices.split(",") if part.strip()]) or None
+        return int(devices) if devices.strip().isdigit() and int(devices) >= 1 else None
+    if isinstance(devices, Sequence):
+        return len(devices) or None
+    return None
+
+
+def global_batch_problem(cfg: Mapping[str, Any]) -> str | None:
+    """Why ``data.batch_size`` cannot be split over the run's DDP processes, from the composed
+    config alone (its ``data`` and ``trainer`` nodes), or ``None``.
+
+    The world size is ``trainer.devices * trainer.num_nodes`` when ``devices`` says how many
+    (an int, a list of ids, ``"0,1"``); with ``"auto"`` or ``-1`` it depends on the machine and
+    this returns ``None`` (:attr:`ImageDataModule.per_device_batch_size` still refuses at run
+    time). Cheap: no import, nothing read.
+
+    Returns:
+        One line naming both settings and a batch size that works, or ``None``.
+    """
+    data, trainer = cfg.get("data"), cfg.get("trainer")
+    if not isinstance(data, Mapping) or not isinstance(trainer, Mapping):
+        return None
+    batch_size, num_nodes = data.get("batch_size"), trainer.get("num_nodes", 1)
+    devices = _device_count(trainer.get("devices", 1))
+    if not isinstance(batch_size, int) or not isinstance(num_nodes, int) or devices is None:
+        return None  # a value of the wrong type is the schema check's to report
+    where = f"trainer.devices={trainer.get('devices')} x trainer.num_nodes={num_nodes}"
+    return batch_split_problem(batch_size, devices * num_nodes, where)
+
+
+def availability_problem(data_cfg: Mapping[str, Any]) -> str | None:
+    """Whether the run's data can be had, from the composed config's ``data`` node alone: cheap
+    enough to call before Hydra makes a run directory.
+
+    Looks up the datamodule class of ``_target_`` and asks its
+    :meth:`ImageDataModule.config_problem` (a continual split asks the dataset it wraps): a
+    validation split larger than the training set, or files that are neither present nor
+    obtainable. Only stats files: never reads one, never touches the network (an allowed download
+    counts as obtainable; whether it works shows in ``prepare_data``).
+
+    Args:
+        data_cfg: the ``data`` node (a ``DictConfig`` still attached to its config, so that
+            ``${paths.data_dir}`` resolves, or a plain mapping): ``_target_`` and the datamodule's
+            keyword arguments.
+
+    Returns:
+        One line (``<dataset> not found in <dir> (...); <what to do>``, or the split's problem),
+        or ``None``: no problem found, or a ``_target_`` this check does not know (not
+        importable, not a hugnc datamodule: the schema check reports those).
+    """
+    target = data_cfg.get("_target_")
+    if not isinstance(target, str) or "." not in target:
+        return None
+    module_name, _, name = target.rpartition(".")
+    try:
+        datamodule_cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return None
+    check = getattr(datamodule_cls, "config_problem", None)
+    if not callable(check):
+        return None
+    # Reading each key resolves its interpolations (data_dir: ${paths.data_dir}).
+    options = {str(key): data_cfg[key] for key in data_cfg if key != "_target_"}
+    return check(options)
 
 
 def run_seed() -> int:
@@ -146,6 +250,9 @@ class ImageDataModule(LightningDataModule):
     #: (attacks and pictures undo it).
     mean: Sequence[float] = ()
     std: Sequence[float] = ()
+    #: Training images in the dataset's files (before the validation split) when the dataset fixes
+    #: it: ``data.val_size`` is then checked before anything is read. ``None``: known once read.
+    num_train_images: int | None = None
 
     @checked
     def __init__(
@@ -207,6 +314,50 @@ class ImageDataModule(LightningDataModule):
         """``(C, H, W)`` of one image."""
         raise NotImplementedError
 
+    @classmethod
+    def constructor_defaults(cls) -> dict[str, Any]:
+        """The default of every constructor argument of ``cls`` (a subclass's own default, e.g.
+        Fashion-MNIST's ``val_size=5000``, over its base's): what a config that omits a key gets."""
+        defaults: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):  # the most derived class last: its defaults win
+            init = klass.__dict__.get("__init__")
+            if init is None or not issubclass(klass, ImageDataModule):
+                continue
+            for parameter in inspect.signature(init).parameters.values():
+                if parameter.default is not inspect.Parameter.empty:
+                    defaults[parameter.name] = parameter.default
+        return defaults
+
+    @classmethod
+    def train_size(cls, options: Mapping[str, Any]) -> int | None:
+        """Training images in the files (before the validation split) under the constructor
+        arguments ``options``, or ``None`` when only reading the files tells."""
+        return cls.num_train_images
+
+    @classmethod
+    def missing_files_problem(cls, options: Mapping[str, Any]) -> str | None:
+        """Why the dataset's files are neither present nor obtainable under the constructor
+        arguments ``options`` (one line: what is missing where, and what to do), or ``None``.
+
+        Checks existence only (a stat per file, never the network, never a file's content): a
+        download that is allowed counts as obtainable, and fails later, in ``prepare_data``, if the
+        network does. Subclasses that read files override it; the default knows of none.
+        """
+        return None
+
+    @classmethod
+    def config_problem(cls, options: Mapping[str, Any]) -> str | None:
+        """The first problem that the constructor arguments ``options`` (those not given take
+        their defaults) will meet before training: a validation split that leaves no training
+        images, then files that are missing and cannot be fetched. One line, or ``None``."""
+        options = cls.constructor_defaults() | dict(options)
+        num_train, val_size = cls.train_size(options), options.get("val_size")
+        if num_train is not None and isinstance(val_size, int):
+            too_large = val_size_problem(val_size, num_train)
+            if too_large:
+                return f"{cls.dataset_name}: {too_large}"
+        return cls.missing_files_problem(options)
+
     def _load(self) -> tuple[Dataset, Dataset, Dataset, list[str] | None]:
         """Read the files: (train with training transform, the same images with the evaluation
         transform, test, class names or ``None``). Both train datasets have ``targets``."""
@@ -221,10 +372,9 @@ class ImageDataModule(LightningDataModule):
         self._check_labels(dataset_targets(test_set), "test")
         if classes is not None:
             self.classes = list(classes)
-        if self.val_size >= len(targets):
-            raise ValueError(
-                f"data.val_size={self.val_size} leaves no training images ({len(targets)} in all)"
-            )
+        too_large = val_size_problem(self.val_size, len(targets))
+        if too_large:
+            raise ValueError(too_large)
         generator = torch.Generator().manual_seed(self.seed)
         # The split of random_split(range(n), [n - val_size, val_size], generator).
         perm = torch.randperm(len(targets), generator=generator)
@@ -265,10 +415,9 @@ class ImageDataModule(LightningDataModule):
     @property
     def per_device_batch_size(self) -> int:
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        if self.batch_size % world_size:
-            raise ValueError(
-                f"data.batch_size={self.batch_size} is not divisible by the world size {world_size}"
-            )
+        problem = batch_split_problem(self.batch_size, world_size)
+        if problem:
+            raise ValueError(problem)
         return self.batch_size // world_size
 
     def loader(self, dataset: Dataset, train: bool) -> DataLoader | DeviceBatchLoader:

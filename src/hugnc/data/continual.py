@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -74,6 +75,17 @@ class ContinualDataModule(LightningDataModule):
         self.tasks = split_classes(self.base.num_classes, num_tasks, self.base.seed)
         self.task: int | None = None
         self.eval_task: int | None = None
+
+    @classmethod
+    def config_problem(cls, options: Mapping[str, Any]) -> str | None:
+        """The wrapped dataset's :meth:`~hugnc.data.base.ImageDataModule.config_problem` under the
+        keyword arguments that go to it (``options`` less this class's own)."""
+        dataset = options.get("dataset")
+        datamodule_cls = DATAMODULES.get(dataset) if isinstance(dataset, str) else None
+        if datamodule_cls is None:
+            return None  # the constructor names the choices
+        own = inspect.signature(cls.__init__).parameters
+        return datamodule_cls.config_problem({k: v for k, v in options.items() if k not in own})
 
     @property
     def num_tasks(self) -> int:

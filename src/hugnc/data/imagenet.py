@@ -3,17 +3,53 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
-from hugnc.data.base import DatasetUnavailableError, ImageDataModule
+from hugnc.data.base import ImageDataModule
+from hugnc.data.errors import DataCorruptError, DatasetUnavailableError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LAYOUT = "<data_dir>/train/<wnid>/*.JPEG and <data_dir>/val/<wnid>/*.JPEG"
+#: How a deleted image comes back.
+REFETCH = "from the ILSVRC2012 archives of image-net.org, or wherever this folder was copied from"
+
+
+def imagenet_layout_problem(root: Path) -> str | None:
+    """Why ``root`` is not an ImageNet folder (``train/`` or ``val/`` missing), or ``None``."""
+    missing = [str(d) for d in (root / "train", root / "val") if not d.is_dir()]
+    if not missing:
+        return None
+    return (
+        f"ImageNet layout not found: missing {', '.join(missing)}. Expected {LAYOUT} "
+        f"with data_dir={root}. ImageNet cannot be downloaded automatically: get "
+        "ILSVRC2012 from image-net.org and put the validation images into class folders "
+        "(e.g. with the valprep.sh script of the PyTorch ImageNet example)."
+    )
+
+
+def load_rgb_image(path: str) -> Image.Image:
+    """The image file ``path`` decoded as RGB (the ImageFolder's loader; runs in the DataLoader
+    workers, one image at a time).
+
+    Raises:
+        DataCorruptError: naming ``path`` when PIL cannot identify or decode it.
+    """
+    with open(path, "rb") as f:  # a missing or unreadable file is not a damaged one: OSError
+        try:
+            # Decoding happens in convert: a JPEG cut after its header opens, then fails there.
+            return Image.open(f).convert("RGB")
+        except UnidentifiedImageError:
+            raise DataCorruptError.for_file(path, "not an image PIL can read", REFETCH) from None
+        except (OSError, SyntaxError, ValueError) as error:  # what PIL's parsers and decoders raise
+            problem = f"cannot be decoded, truncated or damaged: {error}"
+            raise DataCorruptError.for_file(path, problem, REFETCH) from None
 
 
 def read_class_list(path: str | Path) -> list[str]:
@@ -37,7 +73,7 @@ class _ClassListImageFolder(datasets.ImageFolder):
 
     def __init__(self, root: str, classes: Sequence[str], transform) -> None:
         self._class_list = list(classes)
-        super().__init__(root, transform=transform)
+        super().__init__(root, transform=transform, loader=load_rgb_image)
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         return self._class_list, {name: i for i, name in enumerate(self._class_list)}
@@ -99,16 +135,21 @@ class ImageNetDataModule(ImageDataModule):
 
     def _split_dirs(self) -> tuple[Path, Path]:
         root = Path(self.data_dir)
-        train, val = root / "train", root / "val"
-        missing = [str(d) for d in (train, val) if not d.is_dir()]
-        if missing:
-            raise DatasetUnavailableError(
-                f"ImageNet layout not found: missing {', '.join(missing)}. Expected {LAYOUT} "
-                f"with data_dir={root}. ImageNet cannot be downloaded automatically: get "
-                "ILSVRC2012 from image-net.org and put the validation images into class folders "
-                "(e.g. with the valprep.sh script of the PyTorch ImageNet example)."
-            )
-        return train, val
+        problem = imagenet_layout_problem(root)
+        if problem:
+            raise DatasetUnavailableError(problem)
+        return root / "train", root / "val"
+
+    @classmethod
+    def missing_files_problem(cls, options: Mapping[str, Any]) -> str | None:
+        root = Path(options["data_dir"])
+        problem = imagenet_layout_problem(root)
+        if problem is None and not any(entry.is_dir() for entry in (root / "train").iterdir()):
+            problem = f"no class folders in {root / 'train'}; expected {LAYOUT}"
+        class_list = options.get("class_list")
+        if problem is None and class_list is not None and not Path(class_list).is_file():
+            problem = f"the class list data.class_list={class_list} is not a file"
+        return problem
 
     def prepare_data(self) -> None:
         self._split_dirs()
