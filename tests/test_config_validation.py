@@ -24,10 +24,9 @@ from hugnc.preflight import (
     SKIP_ENV,
     ConfigCheckError,
     check_command_line,
-    checkpoint_problem,
-    output_location_problem,
     run_checked,
 )
+from hugnc.run_dir import checkpoint_problem, output_location_problem
 from hugnc.schema import checkable, signature_of, unknown_key_problem
 
 

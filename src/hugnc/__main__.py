@@ -19,6 +19,7 @@ def _run(cfg: DictConfig) -> float | None:
     from lightning.pytorch.utilities import rank_zero_only
 
     from hugnc.checkpoint import CheckpointWriteError
+    from hugnc.data import DataError
     from hugnc.launching import install_hydra_ddp_launcher, isolated_ddp_job
     from hugnc.train import train
 
@@ -26,8 +27,9 @@ def _run(cfg: DictConfig) -> float | None:
     try:
         with isolated_ddp_job():
             metrics = train(cfg)
-    except CheckpointWriteError as error:
-        # Full disk, quota, read-only: the user's to fix, so one line rather than a traceback.
+    except (CheckpointWriteError, DataError) as error:
+        # Full disk, quota, read-only, damaged or missing data files: the user's to fix, so one
+        # line rather than a traceback (metrics.json records the failure).
         sys.exit(f"hugnc: {error}")
     accuracy = metrics.get("test/acc")
     # Lightning's stubs type rank_zero_only as a function; it carries the process rank.

@@ -66,9 +66,19 @@ def fits(value: Any, hint: Any, *, as_config: bool = True) -> bool:
     return True
 
 
-def _show(value: Any) -> str:
-    """A value as written in a config (``null``, ``true``, ``'text'``)."""
-    return json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
+def show(value: Any) -> str:
+    """A value as written on the command line (``null``, ``true``, ``'text'``, lists)."""
+    if hasattr(value, "_metadata"):  # an OmegaConf node
+        from omegaconf import OmegaConf
+
+        value = OmegaConf.to_container(value, resolve=False)
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _bounds(constraints: list[Any]) -> str:
@@ -99,7 +109,7 @@ def describe(hint: Any, value: Any = None) -> str:
         if typing.get_origin(member) is typing.Literal:
             if member is next(m for m in members if typing.get_origin(m) is typing.Literal):
                 plain = not others and all(isinstance(v, str) for v in literals)
-                shown = [str(v) if plain else _show(v) for v in literals]
+                shown = [str(v) if plain else show(v) for v in literals]
                 numeric = len(literals) == 1 and not isinstance(literals[0], str | bool)
                 words.append(shown[0] if numeric else "one of " + ", ".join(shown))
         elif member is type(None):
@@ -130,7 +140,7 @@ Init = TypeVar("Init", bound=Callable[..., None])
 
 def _refuse(owner: str, values: dict[str, Any], hints: dict[str, Any]) -> None:
     bad = [
-        f"{name} must be {describe(hint, values[name])}, got {_show(values[name])}"
+        f"{name} must be {describe(hint, values[name])}, got {show(values[name])}"
         for name, hint in hints.items()
         if has_rule(hint) and not fits(values[name], hint, as_config=False)
     ]

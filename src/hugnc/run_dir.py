@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -282,3 +284,52 @@ def rewrite_argv(argv: Sequence[str]) -> list[str]:
     flags = [a for a in others if a.startswith("-")]
     overrides = [a for a in others if not a.startswith("-")]
     return flags + resume_arguments(resume[0].split("=", 1)[1], overrides)
+
+
+def output_location_problem(directory: str | Path) -> str | None:
+    """Why the run/sweep directory could not be created and written, or ``None``.
+
+    Looks at the nearest existing ancestor: Hydra would otherwise fail with a traceback while
+    making the directory, or the run hours later when it writes its first checkpoint.
+    """
+    directory = Path(directory).absolute()
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"output directory {directory}: {existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"output directory {directory}: {existing} is not writable"
+    # os.access says yes to root on read-only or virtual file systems (/proc): try it, leaving
+    # nothing behind.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hugnc-write-check-", dir=existing))
+    except OSError as error:
+        return f"output directory {directory}: cannot create it in {existing} ({error.strerror})"
+    return None
+
+
+def checkpoint_problem(ckpt_path: str | None, run_dir: str | Path) -> str | None:
+    """Why ``ckpt_path`` of a run in ``run_dir`` names no checkpoint, or ``None``.
+
+    Lightning alone would train from scratch after a warning for ``last`` with nothing to
+    resume, and fail only after setting up the data for a missing file.
+    """
+    # Lightning's own keywords ("registry:<name>" too) and remote URLs (s3://, gs://...) are
+    # Lightning's to resolve.
+    if ckpt_path is None or ckpt_path in ("best", "hpc") or "://" in ckpt_path:
+        return None
+    if ckpt_path.lower() == "registry" or ckpt_path.lower().startswith("registry:"):
+        return None
+    if ckpt_path == "last":
+        last = last_checkpoint(run_dir)
+        if last.is_file():
+            return None
+        return (
+            f"ckpt_path=last: no {last} (ckpt_path=last looks in this run's own directory, "
+            "a new one unless hydra.run.dir says otherwise). To continue a run: "
+            "python -m hugnc resume=RUN_DIR"
+        )
+    if not Path(ckpt_path).is_file():
+        return f"ckpt_path={ckpt_path}: no such file"
+    return None

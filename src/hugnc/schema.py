@@ -32,7 +32,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BeforeValidator
 
-from hugnc.arguments import NonNegative, Positive, PositiveInt, describe, fits, has_rule
+from hugnc.arguments import NonNegative, Positive, PositiveInt, describe, fits, has_rule, show
 
 #: Keys Hydra's ``instantiate`` reads itself; allowed in every ``_target_`` node.
 INSTANTIATE_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
@@ -63,22 +63,7 @@ class Problem:
     def __str__(self) -> str:
         if self.value is _UNSET:
             return f"{self.key}: {self.message}"
-        return f"{self.key} = {_show(self.value)}: {self.message}"
-
-
-def _show(value: Any) -> str:
-    """A value as the user would write it on the command line (``null``, ``true``, lists)."""
-    if isinstance(value, DictConfig | ListConfig):
-        value = OmegaConf.to_container(value, resolve=False)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
-    return repr(value) if isinstance(value, str) else str(value)
+        return f"{self.key} = {show(self.value)}: {self.message}"
 
 
 #: Ranges of the third-party constructors a config sets (their signatures state none).

@@ -69,3 +69,14 @@ def test_proxy_head_renormalizes_after_step(renormalize: bool) -> None:
         torch.testing.assert_close(head.proxies, F.normalize(before, dim=1))
     else:
         torch.testing.assert_close(head.proxies, before)
+
+
+def test_lenet_without_feature_dim_keeps_the_flattened_last_stage() -> None:
+    """``model.feature_dim=null`` (as for the ResNets): no linear layer, the flattened features."""
+    net = LeNetPlusPlus(input_shape=(1, 28, 28), feature_dim=None, widths=(8, 16, 32))
+    assert isinstance(net.fc, torch.nn.Identity)
+    assert net.feature_dim == 32 * 4 * 4
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 28, 28)).shape == (2, 32 * 4 * 4)
+    with pytest.raises(ValueError, match="LeNetPlusPlus: feature_dim must be >= 2 or null, got 1"):
+        LeNetPlusPlus(feature_dim=1)
