@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from hugnc.config import config_dir
+from hugnc.errors import EXIT_USER
 from hugnc.launching import register_launcher_plugins
 from hugnc.preflight import run_checked
 from hugnc.run_dir import ResumeError, rewrite_argv
@@ -18,8 +19,7 @@ def _run(cfg: DictConfig) -> float | None:
     # Heavy imports after Hydra handled --help / --cfg.
     from lightning.pytorch.utilities import rank_zero_only
 
-    from hugnc.checkpoint import CheckpointWriteError
-    from hugnc.data import DataError
+    from hugnc.errors import log_sweep_job_error
     from hugnc.launching import install_hydra_ddp_launcher, isolated_ddp_job
     from hugnc.train import train
 
@@ -27,10 +27,9 @@ def _run(cfg: DictConfig) -> float | None:
     try:
         with isolated_ddp_job():
             metrics = train(cfg)
-    except (CheckpointWriteError, DataError) as error:
-        # Full disk, quota, read-only, damaged or missing data files: the user's to fix, so one
-        # line rather than a traceback (metrics.json records the failure).
-        sys.exit(f"hugnc: {error}")
+    except Exception as error:  # metrics.json records it; run_checked prints it
+        log_sweep_job_error(error)
+        raise
     accuracy = metrics.get("test/acc")
     # Lightning's stubs type rank_zero_only as a function; it carries the process rank.
     if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
@@ -43,7 +42,8 @@ def main() -> None:
     try:
         sys.argv[1:] = rewrite_argv(sys.argv[1:])
     except ResumeError as error:
-        sys.exit(f"hugnc: {error}")
+        print(f"hugnc: {error}", file=sys.stderr)
+        sys.exit(EXIT_USER)
     register_launcher_plugins()
     run_checked(_run, config_name="train")
 

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from hugnc.config import config_dir
+from hugnc.errors import user_facing
 from hugnc.run_dir import checkpoint_problem, output_location_problem
 from hugnc.schema import Problem, Signature, target_signature, unknown_key_problem, validate_config
 
@@ -440,8 +441,13 @@ def _call_hydra_main(hydra_main: Callable[[], Any], config_name: str, argv: list
 
 
 def run_checked(hydra_main: Callable[[], Any], config_name: str) -> Any:
-    """Run an entry point's ``@hydra.main`` function on ``sys.argv``; a bad config is one line
-    per problem on stderr and exit code :data:`EXIT_CODE`, before anything is written."""
+    """Run an entry point's ``@hydra.main`` function on ``sys.argv``.
+
+    A bad config is one line per problem on stderr and exit code :data:`EXIT_CODE`, before
+    anything is written; an error the user can fix (data, disk, a value a constructor refuses,
+    Ctrl-C: :func:`hugnc.errors.user_facing`) is one line and its exit code; a bug keeps its
+    traceback, and ``HUGNC_DEBUG=1`` shows the traceback of anything.
+    """
     try:
         return _call_hydra_main(hydra_main, config_name, sys.argv[1:])
     except ConfigCheckError as error:
@@ -449,6 +455,12 @@ def run_checked(hydra_main: Callable[[], Any], config_name: str) -> Any:
             raise
         print(error, file=sys.stderr)
         sys.exit(EXIT_CODE)
+    except (Exception, KeyboardInterrupt) as error:
+        shown = user_facing(error)
+        if shown is None or os.environ.get(DEBUG_ENV) == "1":
+            raise
+        print(f"hugnc: {shown.line}", file=sys.stderr)
+        sys.exit(shown.exit_code)
 
 
 def check_command_line(argv: Sequence[str], config_name: str = "train") -> None:
