@@ -28,6 +28,23 @@ def _damaged_fashion_mnist(tmp: Path, source: Path) -> list[str]:
     return [f"paths.data_dir={tmp / 'data'}", f"data.debian_dir={tmp / 'no_debian'}"]
 
 
+class _WritesAFile:
+    """Unpickling it creates a file: what a malicious checkpoint can do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def _checkpoint_that_runs_code(tmp: Path, source: Path) -> list[str]:
+    import torch
+
+    torch.save({"state_dict": {}, "payload": _WritesAFile(tmp / "payload_ran")}, tmp / "x.ckpt")
+    return [f"ckpt_path={tmp / 'x.ckpt'}"]
+
+
 def _file_in_the_way(tmp: Path, source: Path) -> list[str]:
     (tmp / "notes.txt").write_text("a file where the logs should go")
     return [f"paths.log_dir={tmp / 'notes.txt' / 'logs'}"]
@@ -74,6 +91,12 @@ CASES = {
         env={"HUGNC_SKIP_CONFIG_CHECK": "1"},
     ),
     "resume-of-no-run": Case(["resume=/nonexistent/run"], "resume=/nonexistent/run"),
+    "checkpoint-from-elsewhere-names-code": Case(
+        QUICK,
+        "would run code named in the file. Only if you made it yourself: HUGNC_TRUST_CHECKPOINT=1",
+        setup=_checkpoint_that_runs_code,
+        leaves_failed_run=True,
+    ),
     "missing-checkpoint": Case(["ckpt_path=gone.ckpt"], "ckpt_path=gone.ckpt: no such file"),
     "log-dir-under-a-file": Case(QUICK, "is a file, not a directory", setup=_file_in_the_way),
     "unknown-option": Case(["loss=mhe"], "loss=mhe: no such option"),
@@ -116,6 +139,7 @@ def test_user_errors_are_one_line(tmp_path: Path, fashion_mnist_dir: Path, case:
         assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
     else:
         assert written == set(), written
+    assert not (tmp_path / "payload_ran").exists()
     print(f"\n{case.module} {' '.join(case.args)}: exit {result.returncode} in {seconds:.1f} s")
 
 

@@ -17,7 +17,10 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from hugnc.run_dir import run_dir_of_checkpoint
+from hugnc.run_dir import load_checkpoint, run_dir_of_checkpoint
+
+#: Set to 1 to unpickle training checkpoints fully (``ckpt_path=``, ``resume=``).
+TRUST_ENV = "HUGNC_TRUST_CHECKPOINT"
 
 #: errno values that mean "the output location cannot take this file" (not a bug in hugnc).
 STORAGE_ERRNOS = frozenset(
@@ -75,3 +78,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, str(path), storage_options)
             return
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        map_location: Any = None,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """Weights-only, whatever torch's default (``ckpt_path=``, ``resume=``): a checkpoint
+        from elsewhere cannot run code here. ``HUGNC_TRUST_CHECKPOINT=1`` unpickles fully (your
+        own old files that need it)."""
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only)
+        trust = weights_only is False or os.environ.get(TRUST_ENV) == "1"
+        return load_checkpoint(path, trust=trust, opt_in=f"{TRUST_ENV}=1")

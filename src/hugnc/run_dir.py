@@ -156,13 +156,15 @@ class UntrustedCheckpointError(NotARunDirError):
 TRUST_OPT_IN = "--trust-checkpoint (load_run(..., trust_checkpoint=True))"
 
 
-def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, trust: bool = False, opt_in: str = TRUST_OPT_IN
+) -> dict[str, Any]:
     """A checkpoint's contents on the CPU.
 
     Loaded with torch's weights-only unpickler (tensors, containers, numbers, strings: hugnc's and
     Lightning's checkpoints hold nothing else), so a checkpoint from someone else's run directory
     cannot run code on this machine. ``trust=True`` unpickles fully, for files you made yourself
-    that need it (e.g. written by other code).
+    that need it (e.g. written by other code); ``opt_in`` is how the refusal says to ask for it.
 
     Raises:
         UntrustedCheckpointError: the file needs full unpickling and ``trust`` is false.
@@ -177,7 +179,7 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise UntrustedCheckpointError(
             f"{path} holds more than tensors and plain containers ({reason[:200]}); loading it "
-            f"would run code named in the file. Only if you made it yourself: {TRUST_OPT_IN}"
+            f"would run code named in the file. Only if you made it yourself: {opt_in}"
         ) from error
 
 
