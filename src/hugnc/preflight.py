@@ -49,7 +49,7 @@ DEBUG_ENV = "HUGNC_DEBUG"
 #: Problems printed at most; the rest are counted.
 MAX_PROBLEMS = 8
 _OUTPUT_DIR_PLACEHOLDER = "<run directory>"
-_HINT = "hugnc: nothing was run or written; see README.md, 'Configuration errors'."
+_HINT = "hugnc: nothing was run or written; see README.md, 'Errors'."
 
 #: Composes a config from overrides (the run's primary config, or a sweep's master config).
 Compose = Callable[[list[str]], DictConfig]
