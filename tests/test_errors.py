@@ -158,3 +158,29 @@ def test_debug_shows_the_traceback(tmp_path: Path, fashion_mnist_dir: Path) -> N
     )
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "alpha must be >= 0" in result.stderr
+
+
+def test_a_sweep_job_error_is_one_line_and_the_other_jobs_run(
+    tmp_path: Path, fashion_mnist_dir: Path
+) -> None:
+    """A user error in one job of a multirun: one line in the sweep's output, a failed row with
+    that line in ``hugnc-report``, the other job completed."""
+    result = run_hugnc(
+        "-m",
+        *QUICK,
+        "loss.alpha=0.1,-1",
+        cwd=tmp_path,
+        data_dir=fashion_mnist_dir,
+        env={"HUGNC_LOG_DIR": str(tmp_path / "logs"), "HUGNC_SKIP_CONFIG_CHECK": "1"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == EXIT_USER, output[-3000:]
+    assert "Traceback" not in output
+    line = "loss: HUGLoss: alpha must be >= 0, got -1"
+    assert f"hugnc: sweep job 1 failed: {line}" in output
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"
+    report = run_hugnc(str(sweep), cwd=tmp_path, module="hugnc.tools.report")
+    assert report.returncode == 0, report.stderr
+    (failed_row,) = [row for row in report.stdout.splitlines() if row.startswith("| 1 | failed")]
+    assert line in failed_row

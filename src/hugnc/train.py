@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hugnc.arguments import NonNegativeInt
 from hugnc.callbacks.preemption import PreemptionCheckpoint
+from hugnc.errors import user_facing
 from hugnc.host_memory import retain_freed_host_memory
 from hugnc.loggers import finish_loggers
 from hugnc.module import HUGClassifier
@@ -141,7 +142,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
             raise preempted from error
         raise
     except BaseException as error:
-        write_status(output_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        shown = user_facing(error)
+        line = shown.line if shown else f"{type(error).__name__}: {error}"
+        write_status(output_dir, {"status": "failed", "error": line})
         close_loggers(loggers, failed=True)
         raise
     close_loggers(loggers, failed=False)
