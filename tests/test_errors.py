@@ -45,6 +45,18 @@ def _checkpoint_that_runs_code(tmp: Path, source: Path) -> list[str]:
     return [f"ckpt_path={tmp / 'x.ckpt'}"]
 
 
+def _a_sweep(tmp: Path, source: Path) -> list[str]:
+    (tmp / "sweep" / "0" / ".hydra").mkdir(parents=True)
+    (tmp / "sweep" / "0" / ".hydra" / "overrides.yaml").write_text("- loss.alpha=0.1\n")
+    return ["sweep"]
+
+
+def _a_run(tmp: Path, source: Path) -> list[str]:
+    (tmp / "run" / ".hydra").mkdir(parents=True)
+    (tmp / "run" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    return ["run"]
+
+
 def _file_in_the_way(tmp: Path, source: Path) -> list[str]:
     (tmp / "notes.txt").write_text("a file where the logs should go")
     return [f"paths.log_dir={tmp / 'notes.txt' / 'logs'}"]
@@ -106,6 +118,12 @@ CASES = {
     "ufm-bad-learning-rate": Case(["ufm.lr=0"], "ufm.lr = 0: must be > 0", module="hugnc.ufm"),
     "geometry-on-a-directory-that-is-no-run": Case(
         ["."], "is not a hugnc run directory", module="hugnc.tools.geometry"
+    ),
+    "geometry-on-a-sweep": Case(
+        [], "it is a sweep: give one of its jobs", module="hugnc.tools.geometry", setup=_a_sweep
+    ),
+    "report-on-one-run": Case(
+        [], "run is one run, not a sweep", module="hugnc.tools.report", setup=_a_run
     ),
     "report-on-no-sweep": Case(
         ["nowhere"], "no sweep jobs in nowhere", module="hugnc.tools.report"

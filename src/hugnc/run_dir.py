@@ -125,9 +125,15 @@ def load_run_config(run_dir: str | Path, data_dir: str | Path | None = None) -> 
     run_dir = Path(run_dir).resolve()
     config_path = config_file(run_dir)
     if not config_path.is_file():
+        jobs = job_dirs(run_dir) if run_dir.is_dir() else []
+        hint = (
+            f"; it is a sweep: give one of its jobs, e.g. {jobs[0]}"
+            if jobs
+            else " (run directories are logs/<task_name>/runs/<date>_<time>_<id>/, made by "
+            "python -m hugnc)"
+        )
         raise NotARunDirError(
-            f"{run_dir} is not a hugnc run directory: no .hydra/config.yaml in it (run "
-            "directories are logs/<task_name>/runs/<date>_<time>_<id>/, made by python -m hugnc)"
+            f"{run_dir} is not a hugnc run directory: no .hydra/config.yaml in it{hint}"
         )
     hydra_path = hydra_file(run_dir)
     hydra_cfg = OmegaConf.load(hydra_path).hydra if hydra_path.is_file() else OmegaConf.create()

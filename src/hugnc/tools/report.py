@@ -77,6 +77,11 @@ def collect_local(sweep_dir: str | Path) -> list[JobResult]:
     """
     sweep_dir = Path(sweep_dir)
     jobs_found = run_dir.job_dirs(sweep_dir)
+    if not jobs_found and run_dir.config_file(sweep_dir).is_file():
+        raise FileNotFoundError(
+            f"{sweep_dir} is one run, not a sweep: hugnc-report reads a multirun directory "
+            "(python -m hugnc -m ...); for one run see its metrics.json, or hugnc-geometry"
+        )
     if not jobs_found:
         raise FileNotFoundError(
             f"no sweep jobs in {sweep_dir}: expected job directories "
