@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers.cli_runs import run_hugnc
+from helpers.cli_runs import run_hugnc, start_hugnc, wait_for_file
 
-from hugnc.errors import EXIT_USER
+from hugnc.errors import EXIT_INTERRUPTED, EXIT_USER
 
 
 def _damaged_fashion_mnist(tmp: Path, source: Path) -> list[str]:
@@ -202,3 +204,32 @@ def test_a_sweep_job_error_is_one_line_and_the_other_jobs_run(
     assert report.returncode == 0, report.stderr
     (failed_row,) = [row for row in report.stdout.splitlines() if row.startswith("| 1 | failed")]
     assert line in failed_row
+
+
+def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(
+    tmp_path: Path, fashion_mnist_dir: Path
+) -> None:
+    """Ctrl-C: Lightning shuts down and exits 1 itself; hugnc says it was an interrupt (130) in
+    one line, metrics.json records it and last.ckpt stays."""
+    run = tmp_path / "run"
+    proc = start_hugnc(
+        "logger=none",
+        "data.train_subset=256",
+        "data.batch_size=128",
+        "trainer.max_epochs=1000",
+        "~callbacks.neural_collapse",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+        data_dir=fashion_mnist_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_file(proc, run / "checkpoints" / "last.ckpt")
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    assert "hugnc: interrupted (Ctrl-C)" in stderr and "Traceback" not in stdout + stderr
+    status = json.loads((run / "metrics.json").read_text())
+    assert status["status"] == "failed" and "interrupted" in status["error"]
+    assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -81,7 +81,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(
         self,
-        path: str | os.PathLike[str],
+        path: str | Path,
         map_location: Any = None,
         weights_only: bool | None = None,
     ) -> dict[str, Any]:

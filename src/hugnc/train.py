@@ -111,6 +111,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     output_dir = Path(cfg.paths.output_dir)
     loggers: list[Logger] = []
     callbacks: list[Callback] = []
+    trainer: Trainer | None = None
     try:
         seed_everything(cfg.seed, workers=True)
         configure_process(cfg)
@@ -118,7 +119,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         module = build_module(cfg, datamodule.input_shape)
         callbacks = [*instantiate_all(cfg.get("callbacks")), *extra_callbacks]
         loggers = instantiate_all(cfg.get("logger"))
-        trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        assert trainer is not None
         for logger in loggers:
             logger.log_hyperparams(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))
 
@@ -142,11 +144,14 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
             raise preempted from error
         raise
     except BaseException as error:
+        if isinstance(error, SystemExit) and trainer is not None and trainer.interrupted:
+            # Lightning answers Ctrl-C with its own shutdown, then exit(1): it was the user's.
+            error = KeyboardInterrupt()
         shown = user_facing(error)
         line = shown.line if shown else f"{type(error).__name__}: {error}"
         write_status(output_dir, {"status": "failed", "error": line})
         close_loggers(loggers, failed=True)
-        raise
+        raise error
     close_loggers(loggers, failed=False)
     write_status(output_dir, {"status": "completed", **metrics})
     return metrics
