@@ -9,8 +9,13 @@ traceback. ``HUGNC_DEBUG=1`` (or ``HYDRA_FULL_ERROR=1``) shows the traceback of 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
+import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +25,8 @@ EXIT_USER = 2
 EXIT_FAILED = 1
 #: Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
+#: Set to 1 to see the traceback of any error (``HYDRA_FULL_ERROR=1`` too).
+DEBUG_ENV = "HUGNC_DEBUG"
 
 #: OSError numbers that name the user's disk or permissions, and what to do about them.
 _DISK_ERRORS = {
@@ -87,3 +94,28 @@ def log_sweep_job_error(error: BaseException) -> None:
     shown = user_facing(error)
     line = shown.line if shown else f"{type(error).__name__}: {_first_line(error)}"
     log.error(f"hugnc: sweep job {HydraConfig.get().job.num} failed: {line}")
+
+
+Main = TypeVar("Main", bound=Callable[..., Any])
+
+
+def one_line_errors(prog: str) -> Callable[[Main], Main]:
+    """Wrap a console script's ``main``: an error the user can fix is ``<prog>: <line>`` on
+    stderr and its exit code is returned; a bug keeps its traceback (any error with
+    ``HUGNC_DEBUG=1``)."""
+
+    def wrap(main: Main) -> Main:
+        @functools.wraps(main)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return main(*args, **kwargs)
+            except (Exception, KeyboardInterrupt) as error:
+                shown = user_facing(error)
+                if shown is None or os.environ.get(DEBUG_ENV) == "1":
+                    raise
+                print(f"{prog}: {shown.line}", file=sys.stderr)
+                return shown.exit_code
+
+        return wrapper  # type: ignore[return-value]
+
+    return wrap

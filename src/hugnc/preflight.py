@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from hugnc.config import config_dir
-from hugnc.errors import user_facing
+from hugnc.errors import DEBUG_ENV, user_facing
 from hugnc.run_dir import checkpoint_problem, output_location_problem
 from hugnc.schema import Problem, Signature, target_signature, unknown_key_problem, validate_config
 
@@ -44,8 +44,6 @@ from hugnc.schema import Problem, Signature, target_signature, unknown_key_probl
 EXIT_CODE = 2
 #: Set to 1 to skip the check.
 SKIP_ENV = "HUGNC_SKIP_CONFIG_CHECK"
-#: Set to 1 to see the traceback of any error (``HYDRA_FULL_ERROR=1`` too).
-DEBUG_ENV = "HUGNC_DEBUG"
 #: Problems printed at most; the rest are counted.
 MAX_PROBLEMS = 8
 _OUTPUT_DIR_PLACEHOLDER = "<run directory>"

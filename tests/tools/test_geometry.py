@@ -109,3 +109,17 @@ def test_moved_run_dir_resolves_to_its_new_place(tiny_run_dir: Path, tmp_path: P
 )
 def test_gnc_prediction_names_the_optimum(num_classes: int, dim: int, expected: str) -> None:
     assert expected in gnc_prediction(num_classes, dim)
+
+
+def test_damaged_data_is_one_line(
+    tiny_run_dir: Path, fashion_mnist_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """An error the user can fix while the tool runs (here a damaged data file): one line with
+    the tool's name and exit code 2, no traceback."""
+    shutil.copytree(fashion_mnist_dir, tmp_path / "data")
+    images = next((tmp_path / "data").rglob("t10k-images-idx3-ubyte"))
+    images.write_bytes(images.read_bytes()[:1000])
+    code = main([str(tiny_run_dir), "--data-dir", str(tmp_path / "data"), "--max-batches", "1"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("hugnc-geometry: ") and "is damaged" in err and "Traceback" not in err

@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from hugnc.data.subsets import split_loader
+from hugnc.errors import one_line_errors
 from hugnc.robustness import (
     ATTACKS,
     DEFAULT_ALPHA,
@@ -110,6 +111,7 @@ def _max_batches(
     return int(value)
 
 
+@one_line_errors("hugnc-attack")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from hugnc import run_dir
 from hugnc.data.subsets import SPLITS, split_loader
+from hugnc.errors import one_line_errors
 from hugnc.metrics import optimal_min_angle_deg
 from hugnc.metrics.geometry import GeometryResult, compute_class_means, measure_geometry
 from hugnc.plots import save_curves, save_figures
@@ -177,6 +178,7 @@ def _max_batches(value: str, parser: argparse.ArgumentParser) -> int | str | Non
     return int(value)
 
 
+@one_line_errors("hugnc-geometry")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

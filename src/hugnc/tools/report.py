@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 from omegaconf import OmegaConf
 
 from hugnc import run_dir
+from hugnc.errors import one_line_errors
 from hugnc.plots import sweep_heatmap_figure
 
 DEFAULT_METRICS = ("test/acc", "val/acc")
@@ -329,6 +330,7 @@ def write_summary(
     return [csv_path, md_path]
 
 
+@one_line_errors("hugnc-report")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hugnc-report", description=__doc__.splitlines()[0])
     parser.add_argument(
