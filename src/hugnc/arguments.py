@@ -68,9 +68,9 @@ def fits(value: Any, hint: Any, *, as_config: bool = True) -> bool:
 
 def show(value: Any) -> str:
     """A value as written on the command line (``null``, ``true``, ``'text'``, lists)."""
-    if hasattr(value, "_metadata"):  # an OmegaConf node
-        from omegaconf import OmegaConf
+    from omegaconf import Container, OmegaConf
 
+    if isinstance(value, Container):
         value = OmegaConf.to_container(value, resolve=False)
     if value is None or isinstance(value, bool):
         return json.dumps(value)

@@ -389,7 +389,7 @@ def _check_keys(node: DictConfig, keys: type, path: str = "") -> list[Problem]:
         nested = [m for m in typing.get_args(hint) or (hint,) if _is_node_type(m)]
         if nested and isinstance(child, DictConfig) and not child._is_none():
             problems += _check_keys(child, nested[0], full)
-        elif not nested:
+        elif not nested and not isinstance(child, DictConfig):  # a group: its _target_ judges
             problems += _value_problems(full, node, key, hint)
     return problems
 
