@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,7 +303,11 @@ class OptunaSweeper(Sweeper):
                 f"not {self.direction}; use another hydra.sweep.dir"
             )
         if self.metric_name and not study.metric_names:
-            study.set_metric_names([self.metric_name])
+            with warnings.catch_warnings():
+                # "Experimental" since 3.2 and unchanged since; the study keeps the metric's name
+                # for hugnc-report.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([self.metric_name])
         study.sampler = self._sampler(len(study.get_trials(deepcopy=False)))
         return study
 
