@@ -35,7 +35,6 @@ import logging
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -61,17 +60,20 @@ ERROR_ATTR = "error"
 _TAGS = {"log", "int"}
 
 
-@dataclass
 class SearchSpace:
     """What a search varies (Optuna distributions by override key) and what it passes unchanged.
+
+    A plain class, not a dataclass: Hydra's plugin scan executes this module without entering
+    it in ``sys.modules``, where ``@dataclass`` looks up string annotations.
 
     Attributes:
         distributions: override key (``loss.alpha``, ``+foo``) -> its Optuna distribution.
         fixed: overrides given to every trial as they are (``key=value``).
     """
 
-    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
-    fixed: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.distributions: dict[str, BaseDistribution] = {}
+        self.fixed: list[str] = []
 
     def trial_overrides(self, params: Mapping[str, Any]) -> list[str]:
         """A trial's overrides: the fixed ones, then ``key=value`` for each sampled value."""
