@@ -179,6 +179,13 @@ IN_PROCESS_TABLE = [
     # sweep=alpha_beta's grid (hydra.sweeper.params) is expanded: every job sets loss.alpha.
     (["-m", "sweep=alpha_beta", "loss=ce"], "every sweep job: loss.alpha: unknown key"),
     (["hydra.mode=MULTIRUN", "loss.beta=1,-1"], "sweep job 2 of 2 (loss.beta=-1)"),
+    # An Optuna search: the two corners of its space are checked (CE has no alpha to search).
+    (["-m", "hparams_search=hug_alpha_beta", "loss=ce"], "every sweep job: loss.alpha: unknown"),
+    (
+        ["-m", "hparams_search=hug_alpha_beta", "loss.alpha=interval(-1, 1)"],
+        "the search space's lower bounds (loss.alpha=-1.0 loss.beta=0.005): loss.alpha = -1.0: "
+        "must be >= 0",
+    ),
 ]
 
 
@@ -219,6 +226,12 @@ SHIPPED += [[f"data={o}"] for o in _options("data") if not o.startswith("split_"
 SHIPPED += [[f"experiment={o}"] for o in _options("experiment")]
 SHIPPED += [["-m", f"sweep={o}"] for o in _options("sweep")]
 SHIPPED += [["-m", f"hydra/launcher={o}", "loss.alpha=0.1,0.2"] for o in ("local", "slurm")]
+# Every HUG loss has its search space (its corners are checked).
+SHIPPED += [
+    ["-m", "hparams_search=hug_alpha_beta", f"loss={o}"]
+    for o in _options("loss")
+    if o.endswith("_hug")
+]
 # Documented command lines (README) and those of the other CLI tests.
 SHIPPED += [
     ["data=cifar10", "+data.imb_factor=0.02"],

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from hugnc.config import config_dir
 from hugnc.data import ContinualDataModule
 from hugnc.errors import log_sweep_job_error
-from hugnc.launching import install_hydra_ddp_launcher, isolated_ddp_job, register_launcher_plugins
+from hugnc.launching import install_hydra_ddp_launcher, isolated_ddp_job, register_hydra_plugins
 from hugnc.models.heads import Head
 from hugnc.preflight import run_checked
 from hugnc.run_dir import write_status
@@ -262,7 +262,7 @@ def _run(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    register_launcher_plugins()
+    register_hydra_plugins()
     run_checked(_run, config_name="continual")
 
 

@@ -3,7 +3,8 @@
 Lightning starts DDP ranks by re-running the command line and srun starts one task per rank; in
 both cases every process composes the same Hydra job, and only the first may write the job's
 ``.hydra/`` directory and log file. The SLURM side is a Hydra launcher plugin (Hydra loads
-launchers only from the ``hydra_plugins`` package): :mod:`hydra_plugins.hugnc.launchers`.
+launchers only from the ``hydra_plugins`` package): :mod:`hydra_plugins.hugnc.launchers`; the
+Bayesian search is a sweeper plugin beside it (:mod:`hydra_plugins.hugnc.optuna_sweeper`).
 """
 
 from __future__ import annotations
@@ -86,16 +87,18 @@ def isolated_ddp_job() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def register_launcher_plugins() -> None:
-    """Make ``hydra/launcher=slurm`` and ``=local`` (hugnc's launchers) known to Hydra.
+def register_hydra_plugins() -> None:
+    """Make hugnc's Hydra plugins known to Hydra: ``hydra/launcher=slurm`` and ``=local``, and
+    ``hydra/sweeper=optuna`` (:mod:`hydra_plugins.hugnc.optuna_sweeper`).
 
     Hydra finds plugins by walking the ``hydra_plugins`` folders on disk, which misses them in an
     editable install (setuptools maps its packages through an import hook); registering the
-    classes works for every kind of install. Cheap: imports no torch.
+    classes works for every kind of install. Cheap: imports no torch and no Optuna.
     """
     from hydra.core.plugins import Plugins
 
     from hydra_plugins.hugnc.launchers import LocalLauncher, SlurmLauncher
+    from hydra_plugins.hugnc.optuna_sweeper import OptunaSweeper
 
-    for launcher in (LocalLauncher, SlurmLauncher):
-        Plugins.instance().register(launcher)
+    for plugin in (LocalLauncher, SlurmLauncher, OptunaSweeper):
+        Plugins.instance().register(plugin)

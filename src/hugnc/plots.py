@@ -336,6 +336,47 @@ def sweep_heatmap_figure(
     return fig
 
 
+def search_scatter_figure(
+    points: Sequence[tuple[float, float, float]],
+    failed: Sequence[tuple[float, float]],
+    x_label: str,
+    y_label: str,
+    metric: str,
+    best: tuple[float, float] | None = None,
+    labels: Sequence[str] = (),
+) -> Figure:
+    """The points a hyperparameter search tried, on log axes, coloured by ``metric``.
+
+    Args:
+        points: ``(x, y, metric value)`` of each completed trial (x, y > 0: log axes).
+        failed: ``(x, y)`` of each failed trial, drawn as red crosses.
+        best: ``(x, y)`` of the best trial, circled.
+        labels: a short name per point (the trial's job number), written beside it.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    if points:
+        xs, ys, values = (np.array(column, dtype=float) for column in zip(*points, strict=True))
+        image = ax.scatter(xs, ys, c=values, cmap="viridis", s=45, edgecolors="black", zorder=2)
+        fig.colorbar(image, ax=ax, label=metric)
+        for x, y, label in zip(xs, ys, labels, strict=False):
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    if failed:
+        fx, fy = zip(*failed, strict=True)
+        ax.scatter(fx, fy, marker="x", color="red", s=45, label="failed", zorder=2)
+        ax.legend(loc="best", fontsize=8)
+    if best is not None:
+        ax.scatter(*best, s=220, facecolors="none", edgecolors="red", linewidths=1.5, zorder=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    title = f"{metric} over the search ({len(points)} completed, {len(failed)} failed)"
+    ax.set_title(title + ("; best circled" if best is not None else ""), fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 #: Panels of :func:`dynamics_curves_figure`: history key, title, log scale.
 DYNAMICS_PANELS: tuple[tuple[str, str, bool], ...] = (
     ("weight_norm", "scale-invariant weight norm", False),

@@ -129,6 +129,21 @@ def sweep_jobs(master: DictConfig) -> list[_Job]:
     return jobs
 
 
+#: hugnc's Bayesian search (``hydra/sweeper=optuna``), whose space the check can read.
+OPTUNA_SWEEPER = "hydra_plugins.hugnc.optuna_sweeper.OptunaSweeper"
+
+
+def search_jobs(master: DictConfig) -> list[_Job]:
+    """The jobs of an Optuna search that can be known before it runs: the two corners of its
+    space (every searched value at its lower, then its upper bound). The values in between are
+    sampled later; a range a constructor refuses shows at one of its ends."""
+    from hydra_plugins.hugnc.optuna_sweeper import search_space
+
+    params = OmegaConf.select(master, "hydra.sweeper.params") or {}
+    space = search_space(params, task_overrides(master), _parser())
+    return [_Job(overrides, label) for label, overrides in space.bounds()]
+
+
 def _origin(problem: Problem, cfg: DictConfig | None, overrides: Sequence[str]) -> str:
     """Where the offending value came from: the command line or a group option's yaml file."""
     given = {_override_key(o) for o in overrides}
@@ -369,8 +384,11 @@ class ConfigCheck(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         def check() -> None:
-            if str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith("BasicSweeper"):
+            sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_"))
+            if sweeper.endswith("BasicSweeper"):
                 jobs = sweep_jobs(config)
+            elif sweeper == OPTUNA_SWEEPER:
+                jobs = search_jobs(config)
             else:  # another sweeper chooses the values itself: only the base config is known
                 jobs = [_Job(task_overrides(config), "the sweep's base config")]
             _check_jobs(config, jobs, get_object(self.run_keys))

@@ -33,6 +33,8 @@ LAST_CHECKPOINT_STEM = "last"  # ModelCheckpoint's `filename` (it adds the suffi
 LAST_CHECKPOINT = f"{LAST_CHECKPOINT_STEM}.ckpt"
 METRICS_FILE = "metrics.json"
 WANDB_DIR = "wandb"
+#: A hyperparameter search's Optuna study (``hydra/sweeper=optuna``), in the sweep directory.
+STUDY_FILE = "optuna_study.journal"
 
 _HYDRA_INTERPOLATION = re.compile(r"\$\{hydra:([\w.]+)\}")
 
@@ -70,6 +72,12 @@ def run_dir_of_checkpoint(checkpoint: str | Path) -> Path:
 def metrics_file(run_dir: str | Path) -> Path:
     """``status`` and the final metrics of the run."""
     return Path(run_dir) / METRICS_FILE
+
+
+def study_file(sweep_dir: str | Path) -> Path:
+    """The Optuna study of a hyperparameter search (an append-only journal of its trials): a
+    search run again with the same sweep directory continues it."""
+    return Path(sweep_dir) / STUDY_FILE
 
 
 def wandb_dir(run_dir: str | Path) -> Path:

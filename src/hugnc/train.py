@@ -60,6 +60,7 @@ class RunKeys(RunGroups, total=False):
     compile: bool
     matmul_precision: Literal["highest", "high", "medium"]
     retain_host_memory: bool
+    optimized_metric: str
     scheduler: SchedulerKeys | None
 
 

@@ -12,6 +12,11 @@ the keys' values with mean, standard deviation and count of each metric over the
 (seeds), and the failed jobs per group. A key is looked up in the job's overrides, then in Hydra's
 group choices (``loss`` -> ``mhe_hug``), then in its ``.hydra/config.yaml``; a last dotted part is
 enough when it is unambiguous (``feature_dim`` -> ``model.feature_dim``).
+
+A hyperparameter search (``hparams_search=...``: the sweep directory holds its Optuna study) is
+reported with its trials as rows, the best trial named (by the study's ``optimized_metric``) in
+the output and ``report.md``, and ``search_<metric>.png``: the searched points over ``--x`` x
+``--y`` (log axes) coloured by the metric, instead of the heatmaps of a grid.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from omegaconf import OmegaConf
 
 from hugnc import run_dir
 from hugnc.errors import one_line_errors
-from hugnc.plots import sweep_heatmap_figure
+from hugnc.plots import search_scatter_figure, sweep_heatmap_figure
 
 DEFAULT_METRICS = ("test/acc", "val/acc")
 
@@ -256,6 +261,90 @@ def write_heatmaps(
 
 
 @dataclass
+class SearchResult:
+    """What the Optuna study of a hyperparameter search says (:func:`read_search`)."""
+
+    metric: str
+    direction: str
+    #: Trials by state (``COMPLETE``, ``FAIL``, ``RUNNING``...).
+    states: dict[str, int]
+    #: The best trial's job directory name (its trial number), value and parameters.
+    best_job: str | None = None
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+
+    def best_line(self) -> str:
+        """One line naming the best trial, or saying there is none."""
+        counts = ", ".join(f"{n} {state.lower()}" for state, n in self.states.items())
+        if self.best_job is None or self.best_value is None:
+            return f"search ({self.direction} {self.metric}; {counts}): no completed trial"
+        params = " ".join(f"{k}={v:.4g}" for k, v in self.best_params.items())
+        return (
+            f"best trial: job {self.best_job}, {self.metric} = {self.best_value:.4f} ({params}); "
+            f"{self.direction} {self.metric} over {counts} trials"
+        )
+
+
+def read_search(sweep_dir: str | Path) -> SearchResult | None:
+    """The Optuna study in ``sweep_dir`` (``hydra/sweeper=optuna``), ``None`` for a grid sweep."""
+    path = run_dir.study_file(sweep_dir)
+    if not path.is_file():
+        return None
+    import optuna
+
+    from hydra_plugins.hugnc.optuna_sweeper import journal_storage
+
+    storage = journal_storage(path)
+    (name, *_) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for trial in trials:
+        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    result = SearchResult(
+        metric=(study.metric_names or ["value"])[0],
+        direction=study.direction.name.lower(),
+        states=states,
+    )
+    if states.get("COMPLETE"):
+        best = study.best_trial
+        result.best_job, result.best_value = str(best.number), best.value
+        result.best_params = dict(best.params)
+    return result
+
+
+def write_search_plot(
+    jobs: Sequence[JobResult],
+    search: SearchResult,
+    x_key: str,
+    y_key: str,
+    out_dir: Path,
+) -> Path:
+    """``search_<metric>.png``: every trial's ``x_key`` x ``y_key`` (log axes), coloured by the
+    search's metric; failed trials (or a non-finite metric) as crosses, the best circled."""
+    points, failed, labels = [], [], []
+    best = None
+    for job in jobs:
+        if x_key not in job.params or y_key not in job.params:
+            continue
+        x, y = float(job.params[x_key]), float(job.params[y_key])
+        value = job.metrics.get(search.metric, math.nan)
+        if job.status == "completed" and math.isfinite(value):
+            points.append((x, y, value))
+            labels.append(job.name)
+        else:
+            failed.append((x, y))
+        if job.name == search.best_job:
+            best = (x, y)
+    figure = search_scatter_figure(points, failed, x_key, y_key, search.metric, best, labels)
+    path = out_dir / f"search_{search.metric.replace('/', '_')}.png"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+@dataclass
 class GroupSummary:
     """The jobs sharing one value of each group-by key: metric statistics over the rest."""
 
@@ -361,13 +450,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hugnc-report: {error}", file=sys.stderr)
         return 2
     out_dir = Path(args.out or args.sweep_dir or "report")
-    metrics = args.metric or [m for m in DEFAULT_METRICS if any(m in j.metrics for j in jobs)]
+    search = read_search(args.sweep_dir) if args.sweep_dir else None
+    defaults = (search.metric, *DEFAULT_METRICS) if search else DEFAULT_METRICS
+    metrics = args.metric or list(
+        dict.fromkeys(m for m in defaults if any(m in j.metrics for j in jobs))
+    )
     written = write_tables(jobs, metrics, out_dir)
     keys = swept_keys(jobs)
-    if args.x in keys and args.y in keys:
-        written += write_heatmaps(jobs, metrics, args.x, args.y, out_dir)
+    if args.x not in keys or args.y not in keys:
+        print(f"no plot: {args.x} and {args.y} are not both swept (swept: {keys})")
+    elif search is not None:
+        written.append(write_search_plot(jobs, search, args.x, args.y, out_dir))
     else:
-        print(f"no heatmap: {args.x} and {args.y} are not both swept (swept: {keys})")
+        written += write_heatmaps(jobs, metrics, args.x, args.y, out_dir)
+    if search is not None:
+        with (out_dir / "report.md").open("a") as handle:
+            handle.write(f"\n{search.best_line()}\n")
     print((out_dir / "report.md").read_text())
     if args.group_by:
         written += write_summary(
