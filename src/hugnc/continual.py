@@ -37,6 +37,7 @@ from hugnc.train import (
     close_loggers,
     configure_process,
     instantiate_all,
+    log_lightning_through_root,
 )
 
 Matrix = Sequence[Sequence[float | None]]
@@ -164,6 +165,7 @@ def train_continual(cfg: DictConfig) -> dict[str, Any]:
     try:
         if cfg.get("ckpt_path"):
             raise ValueError("resuming a continual run (ckpt_path) is not supported")
+        log_lightning_through_root()
         seed_everything(cfg.seed, workers=True)
         configure_process(cfg)
         datamodule = instantiate(cfg.data)

@@ -71,6 +71,24 @@ def instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(entry) for entry in group.values() if entry is not None]
 
 
+def log_lightning_through_root() -> None:
+    """Send Lightning's messages to the root logger's handlers only, when it has any (a Hydra job:
+    the console and the job's log file).
+
+    Lightning gives its loggers console handlers of their own, and whether its sub-loggers also
+    propagate depends on whether the root logger had handlers when ``lightning`` was first
+    imported: under Hydra every message would otherwise print twice, or miss the log file.
+    """
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
 def configure_process(cfg: DictConfig) -> None:
     """The process-wide numeric and memory settings of ``cfg``: float32 matmul precision, and
     glibc's malloc keeping freed host memory (``retain_host_memory``, :mod:`hugnc.host_memory`)."""
@@ -114,6 +132,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     callbacks: list[Callback] = []
     trainer: Trainer | None = None
     try:
+        log_lightning_through_root()
         seed_everything(cfg.seed, workers=True)
         configure_process(cfg)
         datamodule: ImageDataModule | ContinualDataModule = instantiate(cfg.data)
