@@ -183,6 +183,10 @@ def _composition_problem(error: Exception, overrides: Sequence[str], compose: Co
         if nulls:
             group = _override_key(nulls[0])
             return f"{nulls[0]}: a config group needs one of its options (to drop it: ~{group})"
+    removed = [_override_key(o) for o in overrides if o.startswith("~")]
+    needed = [group for group in removed if f"${{{group}}}" in message]
+    if needed:  # the defaults list names the removed group (e.g. ${loss})
+        return f"{needed[0]}: missing: the run builds an object from it (drop ~{needed[0]})"
     if message.startswith("Ambiguous value"):
         argument = message.split("'", 2)[1] if message.count("'") >= 2 else "key=a,b"
         return (
