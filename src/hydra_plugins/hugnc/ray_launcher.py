@@ -46,6 +46,7 @@ def run_with_ray_resources(task_function: TaskFunction, cfg: DictConfig) -> Any:
     threads = max(1, int(cores))
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    log.info(f"Ray job: {cores:g} cores, torch threads: {threads}, GPUs {ray.get_gpu_ids()}")
     return task_function(cfg)
 
 
