@@ -222,6 +222,8 @@ def test_ddp_ranks_of_a_ray_job_start_from_the_drivers_command(
 
     from hugnc.launching import ENTRY_COMMAND_ENV, export_entry_command, hydra_job_rank_command
 
+    # The driver: `python /x/hugnc/__main__.py -cn train -m seed=0,1` (a script, no module spec).
+    monkeypatch.setattr("__main__.__spec__", None)
     monkeypatch.setattr("sys.argv", ["/x/hugnc/__main__.py", "-cn", "train", "-m", "seed=0,1"])
     monkeypatch.delenv(ENTRY_COMMAND_ENV, raising=False)
     export_entry_command()

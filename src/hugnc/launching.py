@@ -122,9 +122,15 @@ def register_launcher_plugins() -> None:
     for launcher in (LocalLauncher, SlurmLauncher):
         Plugins.instance().register(launcher)
     if ray_launcher_installed():
+        from hydra.core.config_store import ConfigStore
+
         from hydra_plugins.hugnc.ray_launcher import RayLauncher
 
         Plugins.instance().register(RayLauncher)
+        # The plugin stores its own hydra/launcher=ray (the plugin's launcher class, an untyped
+        # init/remote); Hydra would merge it into conf/hydra/launcher/ray.yaml as a "schema", with
+        # a deprecation warning on every command. hugnc's yaml is the whole config.
+        ConfigStore.instance().repo.get("hydra", {}).get("launcher", {}).pop("ray.yaml", None)
 
 
 def ray_launcher_installed() -> bool:
