@@ -13,7 +13,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[dev,ray]"
+# hydra/launcher=ray: the plugin without its pins (pyproject.toml, extra "ray", says why).
+	$(BIN)/python -m pip install --no-deps "hydra-ray-launcher>=1.2.2,<1.3"
 	touch $(STAMP)
 
 # Offline Fashion-MNIST: Debian's package, when apt is there and the files are missing.

@@ -61,3 +61,25 @@ def test_gpu_check_smoke_runs_on_the_cpu() -> None:
         assert f"  {loss} " in out
     assert "4. HUG loss fwd+bwd, cpu float32" in out
     assert "5. experiment=quickstart trainer=cpu, 1 epoch end to end: test acc" in out
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_prints_both_launchers_and_the_ratio(fashion_mnist_dir: Path) -> None:
+    """benchmarks/bench_sweep.py: a 2-job sweep under each launcher, every job completed."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_sweep.py"),
+            "--jobs=2",
+            f"--data-dir={fashion_mnist_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "basic launcher, 1 job at a time x 2 threads" in out
+    assert "ray launcher, 2 jobs at a time x 1 thread" in out
+    assert "basic/ray wall time: " in out

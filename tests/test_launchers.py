@@ -166,3 +166,140 @@ def test_only_the_first_slurm_task_writes_hydra_outputs(
     job_dir = _run_submitit_task(tmp_path, monkeypatch, global_rank=0)
     assert (job_dir / ".hydra" / "config.yaml").is_file()
     assert len(list(job_dir.glob("*.log"))) == 1
+
+
+# --- hydra/launcher=ray ---------------------------------------------------------------------------
+def _ray_remote(*overrides: str) -> dict:
+    """The ``ray.remote`` options of a job: its config composed, the launcher's interpolations
+    resolved against it (as the Ray launcher does for each job)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose(
+            "train", overrides=["hydra/launcher=ray", *overrides], return_hydra_config=True
+        )
+    GlobalHydra.instance().clear()
+    remote = OmegaConf.to_container(cfg.hydra.launcher.ray.remote, resolve=True)
+    assert isinstance(remote, dict)
+    return remote
+
+
+def test_ray_jobs_ask_for_the_gpus_of_their_trainer() -> None:
+    assert _ray_remote("trainer=gpu") == {"num_gpus": 1, "num_cpus": 1}
+    assert _ray_remote("trainer=ddp", "trainer.devices=4")["num_gpus"] == 4
+    assert _ray_remote("trainer=ddp", "trainer.devices=[0,2]")["num_gpus"] == 2
+    assert _ray_remote("trainer=cpu")["num_gpus"] == 0
+    assert _ray_remote("trainer=ddp_cpu")["num_gpus"] == 0
+    assert _ray_remote("trainer=cpu", "hydra.launcher.ray.remote.num_cpus=4")["num_cpus"] == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer=ddp"], "trainer.devices = 'auto': hydra/launcher=ray needs the number of GPUs"),
+        (["trainer=default"], "trainer.accelerator = 'auto': hydra/launcher=ray asks Ray"),
+        (["trainer=gpu", "trainer.num_nodes=2"], "trainer.num_nodes = 2: hydra/launcher=ray runs"),
+    ],
+)
+def test_ray_launcher_refuses_what_ray_cannot_allocate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str], expected: str
+) -> None:
+    from hugnc.preflight import ConfigCheckError, check_command_line
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigCheckError) as info:
+        check_command_line(["-m", "hydra/launcher=ray", *overrides, "seed=0,1"])
+    assert expected in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+    check_command_line(["-m", "hydra/launcher=ray", "trainer=ddp", "trainer.devices=2"])
+
+
+def test_ddp_ranks_of_a_ray_job_start_from_the_drivers_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ray worker's argv and ``__main__`` are Ray's: the driver's command travels in the
+    environment, and a job's rank command is built from it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from hugnc.launching import ENTRY_COMMAND_ENV, export_entry_command, hydra_job_rank_command
+
+    # The driver: `python /x/hugnc/__main__.py -cn train -m seed=0,1` (a script, no module spec).
+    monkeypatch.setattr("__main__.__spec__", None)
+    monkeypatch.setattr("sys.argv", ["/x/hugnc/__main__.py", "-cn", "train", "-m", "seed=0,1"])
+    monkeypatch.delenv(ENTRY_COMMAND_ENV, raising=False)
+    export_entry_command()
+    monkeypatch.setattr("sys.argv", ["default_worker.py", "--node-ip-address=10.0.0.1"])
+    hydra_cfg = OmegaConf.create(
+        {
+            "overrides": {"task": ["seed=1"]},
+            "runtime": {"output_dir": "/sweep/1", "cwd": "/work"},
+            "job": {"name": "__main__"},
+        }
+    )
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hydra_cfg))
+    command, cwd = hydra_job_rank_command(1)
+    assert command[1:] == [
+        "/x/hugnc/__main__.py",
+        "-cn",
+        "train",
+        "seed=1",
+        "hydra.run.dir=/sweep/1",
+        "hydra.job.name=__main___rank1",
+        "hydra.output_subdir=null",
+    ]
+    assert cwd == "/work"
+
+
+def _job_span(job_dir: Path) -> tuple[float, float]:
+    """When a job started (Hydra writes ``.hydra/`` first) and ended (``metrics.json`` last)."""
+    return (job_dir / ".hydra" / "config.yaml").stat().st_mtime, (
+        job_dir / "metrics.json"
+    ).stat().st_mtime
+
+
+@pytest.mark.slow
+def test_ray_sweep_runs_two_jobs_at_a_time_and_survives_a_failing_one(
+    tmp_path: Path, fashion_mnist_dir: Path
+) -> None:
+    from hugnc.tools.report import collect_local, main
+
+    result = run_hugnc(
+        "-m",
+        "hydra/launcher=ray",
+        "hydra.launcher.ray.init.num_cpus=2",
+        "hydra.launcher.ray.remote.num_cpus=1",
+        "trainer=cpu",
+        "debug=limit",
+        "trainer.max_epochs=1",
+        "data.batch_size=32",
+        "~callbacks.progress_bar",
+        "~callbacks.neural_collapse",
+        "loss.alpha=0.1,0.15,-1,0.2",
+        cwd=tmp_path,
+        data_dir=fashion_mnist_dir,
+        # alpha=-1 is refused by the config check; without it, a job that fails inside the sweep.
+        env={"HUGNC_SKIP_CONFIG_CHECK": "1", "OMP_NUM_THREADS": "2"},
+    )
+    # Every job ran; then Hydra's basic sweeper re-raises the failure (exit 1).
+    assert result.returncode == 1, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    jobs = collect_local(sweep)
+    assert [j.status for j in jobs] == ["completed", "completed", "failed", "completed"]
+    assert "alpha must be >= 0" in jobs[2].error
+    # At most 2 jobs (2 cores, 1 each) at any moment, and 2 did run together.
+    spans = [_job_span(sweep / j.name) for j in jobs]
+    running = [sum(start <= t < end for start, end in spans) for t, _ in spans]
+    assert max(running) == 2, spans
+    for job in jobs:  # torch threads followed the job's 1 core, not the driver's 2
+        assert (
+            job.status == "failed"
+            or "torch threads: 1" in (sweep / job.name / "__main__.log").read_text()
+        )
+    completed_runs = [
+        next((sweep / j.name / "wandb").glob("offline-run-*"))
+        for j in jobs
+        if j.status == "completed"
+    ]
+    for run in completed_runs:  # one W&B run per job, in the sweep's group
+        assert f'"group":"{sweep.name}"'.encode() in next(run.glob("*.wandb")).read_bytes()
+    assert main([str(sweep)]) == 0
+    assert len((sweep / "report.csv").read_text().splitlines()) == 1 + 4

@@ -181,9 +181,16 @@ class Stage:
     estimate_s: float
     settings: list[Setting] = field(default_factory=list)
 
-    def command(self, out: Path) -> list[str]:
-        """The subprocess command (absolute sweep dir and config search path)."""
+    def command(self, out: Path, jobs_at_once: int = 1) -> list[str]:
+        """The subprocess command (absolute sweep dir and config search path); ``jobs_at_once``
+        > 1 runs that many jobs concurrently through ``hydra/launcher=ray``, one core each."""
         overrides = [*self.overrides, f"hydra.sweep.dir={out.resolve() / self.name}"]
+        if jobs_at_once > 1:
+            overrides += [
+                "hydra/launcher=ray",
+                f"hydra.launcher.ray.init.num_cpus={jobs_at_once}",
+                "hydra.launcher.ray.remote.num_cpus=1",
+            ]
         if self.settings:
             conf = (out.resolve() / "conf").as_uri()
             overrides += [

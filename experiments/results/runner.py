@@ -32,6 +32,7 @@ from experiments.results.plan import (
     write_settings,
 )
 from experiments.results.table import tuned_sentence, write_results
+from hugnc.launching import ray_launcher_installed
 from hugnc.tools.report import collect_local
 
 PROG = "python -m experiments.results"
@@ -57,8 +58,10 @@ def stage_finished(stage_dir: Path, expected_jobs: int) -> bool:
     )
 
 
-def run_stage(stage: Stage, out: Path, env: dict[str, str]) -> tuple[bool, float]:
-    """Run (or skip) one stage; returns (finished, elapsed seconds)."""
+def run_stage(
+    stage: Stage, out: Path, env: dict[str, str], jobs_at_once: int = 1
+) -> tuple[bool, float]:
+    """Run (or skip) one stage, ``jobs_at_once`` jobs at a time; returns (finished, seconds)."""
     stage_dir = out / stage.name
     if stage_dir.exists():
         if stage_finished(stage_dir, stage.expected_jobs):
@@ -70,7 +73,7 @@ def run_stage(stage: Stage, out: Path, env: dict[str, str]) -> tuple[bool, float
         stage_dir.rename(aside)
         print(f"[{stage.name}] unfinished; moved to {aside.name}, running it again")
     log_path = out / f"{stage.name}.log"
-    command = stage.command(out)
+    command = stage.command(out, jobs_at_once)
     print(
         f"[{stage.name}] {stage.expected_jobs} jobs, estimated "
         f"{timing.minutes(stage.estimate_s)}; log: {log_path}",
@@ -138,6 +141,14 @@ def _job_env() -> dict[str, str]:
     return env
 
 
+def default_jobs_at_once() -> int:
+    """One job per core through Ray where it is installed: the CPU-bound results model trains
+    faster as 2 single-thread jobs than as 1 two-thread job on 2 cores
+    (``benchmarks/bench_sweep.py``: 1.59x for a 4-job sweep, README 'Sweeps, multi-GPU and
+    clusters'); one job at a time with all cores otherwise."""
+    return (os.cpu_count() or 1) if ray_launcher_installed() else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="results directory (default results/<date>_<time>)")
@@ -161,6 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--logger", default="csv", help="logger config (csv | none | wandb)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")
+    parser.add_argument(
+        "--jobs-at-once",
+        type=int,
+        default=default_jobs_at_once(),
+        help="jobs run concurrently (hydra/launcher=ray, 1 core each; 1: Hydra's basic launcher "
+        "with all cores); default: the number of cores if Ray is installed, else 1",
+    )
     budget = parser.add_argument_group("paper_budget stage")
     budget.add_argument(
         "--record",
@@ -211,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         (stage,) = (s for s in build_stages(options, tuned) if s.name == name)
         write_settings(out, [stage])
-        finished, _ = run_stage(stage, out, env)
+        finished, _ = run_stage(stage, out, env, args.jobs_at_once)
         if not finished:
             unfinished.append(name)
         if name == "tune":

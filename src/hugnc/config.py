@@ -6,8 +6,9 @@ import os
 import secrets
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 #: Exported so that processes started by this one (submitit/SLURM jobs of a sweep, DDP ranks)
 #: resolve the same output directory.
@@ -47,12 +48,36 @@ def sweep_name() -> str | None:
     return Path(HydraConfig.get().sweep.dir).name
 
 
+#: ``trainer.accelerator`` values that train on GPUs (and so hold ``trainer.devices`` of them).
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def gpus_per_job(accelerator: str, devices: Any) -> int:
+    """GPUs one job holds: ``trainer.devices`` for a GPU accelerator, else none.
+
+    A launcher that allocates GPUs (``hydra/launcher=ray``: ``num_gpus`` of each job) asks for
+    this many; ``devices`` must then be a count or a list of indices, since ``auto`` is only known
+    on the machine that runs the job (the config check says so before anything starts).
+    """
+    if str(accelerator) not in GPU_ACCELERATORS:
+        return 0
+    if isinstance(devices, ListConfig | list):
+        return len(devices)
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+        return devices
+    raise ValueError(
+        f"trainer.devices={devices!r} is not a number of GPUs; give it, e.g. trainer.devices=2"
+    )
+
+
 def register_resolvers() -> None:
     from hugnc import run_dir
 
     resolvers = (
         ("hugnc.run_stamp", run_stamp),
         ("hugnc.sweep_name", sweep_name),
+        # GPUs a job asks its launcher for: ${hugnc.gpus_per_job:${trainer.accelerator},...}.
+        ("hugnc.gpus_per_job", gpus_per_job),
         # The run directory's layout, for configs: ${hugnc.checkpoint_dir:${paths.output_dir}}.
         ("hugnc.checkpoint_dir", lambda output_dir: str(run_dir.checkpoint_dir(output_dir))),
         ("hugnc.last_checkpoint_stem", lambda: run_dir.LAST_CHECKPOINT_STEM),

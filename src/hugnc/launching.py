@@ -9,12 +9,44 @@ Bayesian search is a sweeper plugin beside it (:mod:`hydra_plugins.hugnc.optuna_
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 _CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+
+
+#: The command that started the Hydra app (JSON list), for processes that did not start from it:
+#: a Ray worker runs the job's function, its own ``sys.argv`` and ``__main__`` are Ray's.
+ENTRY_COMMAND_ENV = "HUGNC_ENTRY_COMMAND"
+
+
+def entry_command() -> list[str]:
+    """``python -m <module>`` (or the script) and the config flags that started this Hydra app,
+    without its overrides: what a DDP rank runs before the job's own overrides."""
+    if ENTRY_COMMAND_ENV in os.environ:
+        command = json.loads(os.environ[ENTRY_COMMAND_ENV])
+        return [str(part) for part in command]
+    import __main__
+
+    if __main__.__spec__ is None:
+        command = [sys.executable, sys.argv[0]]
+    else:
+        command = [sys.executable, "-m", __main__.__spec__.name]
+    argv = sys.argv[1:]
+    for index, arg in enumerate(argv):
+        if arg in _CONFIG_FLAGS and index + 1 < len(argv):
+            command += [arg, argv[index + 1]]
+        elif arg.split("=", 1)[0] in _CONFIG_FLAGS:
+            command.append(arg)
+    return command
+
+
+def export_entry_command() -> None:
+    """Export :func:`entry_command` for the jobs a launcher runs in other processes (Ray)."""
+    os.environ[ENTRY_COMMAND_ENV] = json.dumps(entry_command())
 
 
 def hydra_job_rank_command(local_rank: int) -> tuple[list[str], str]:
@@ -28,20 +60,8 @@ def hydra_job_rank_command(local_rank: int) -> tuple[list[str], str]:
     """
     from hydra.core.hydra_config import HydraConfig
 
-    import __main__
-
     hydra_cfg = HydraConfig.get()
-    if __main__.__spec__ is None:
-        command = [sys.executable, sys.argv[0]]
-    else:
-        command = [sys.executable, "-m", __main__.__spec__.name]
-    argv = sys.argv[1:]
-    for index, arg in enumerate(argv):
-        if arg in _CONFIG_FLAGS and index + 1 < len(argv):
-            command += [arg, argv[index + 1]]
-        elif arg.split("=", 1)[0] in _CONFIG_FLAGS:
-            command.append(arg)
-    command += list(hydra_cfg.overrides.task)
+    command = entry_command() + list(hydra_cfg.overrides.task)
     command += [
         f"hydra.run.dir={hydra_cfg.runtime.output_dir}",
         f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
@@ -88,12 +108,14 @@ def isolated_ddp_job() -> Iterator[None]:
 
 
 def register_hydra_plugins() -> None:
-    """Make hugnc's Hydra plugins known to Hydra: ``hydra/launcher=slurm`` and ``=local``, and
-    ``hydra/sweeper=optuna`` (:mod:`hydra_plugins.hugnc.optuna_sweeper`).
+    """Make hugnc's Hydra plugins known to Hydra: ``hydra/launcher=slurm``, ``=local`` and
+    ``=ray``, and ``hydra/sweeper=optuna`` (:mod:`hydra_plugins.hugnc.optuna_sweeper`).
 
     Hydra finds plugins by walking the ``hydra_plugins`` folders on disk, which misses them in an
     editable install (setuptools maps its packages through an import hook); registering the
-    classes works for every kind of install. Cheap: imports no torch and no Optuna.
+    classes works for every kind of install. Cheap: imports no torch, Optuna or ray. The Ray
+    launcher is there when hydra-ray-launcher is installed (``hugnc[ray]``); the config check says
+    how to install it when a command asks for it without.
     """
     from hydra.core.plugins import Plugins
 
@@ -102,3 +124,22 @@ def register_hydra_plugins() -> None:
 
     for plugin in (LocalLauncher, SlurmLauncher, OptunaSweeper):
         Plugins.instance().register(plugin)
+    if ray_launcher_installed():
+        from hydra.core.config_store import ConfigStore
+
+        from hydra_plugins.hugnc.ray_launcher import RayLauncher
+
+        Plugins.instance().register(RayLauncher)
+        # The plugin stores its own hydra/launcher=ray (the plugin's launcher class, an untyped
+        # init/remote); Hydra would merge it into conf/hydra/launcher/ray.yaml as a "schema", with
+        # a deprecation warning on every command. hugnc's yaml is the whole config.
+        ConfigStore.instance().repo.get("hydra", {}).get("launcher", {}).pop("ray.yaml", None)
+
+
+def ray_launcher_installed() -> bool:
+    """Whether ``hydra/launcher=ray`` can run: ray and hydra-ray-launcher are importable."""
+    from importlib.util import find_spec
+
+    return (
+        find_spec("ray") is not None and find_spec("hydra_plugins.hydra_ray_launcher") is not None
+    )

@@ -244,6 +244,53 @@ def slurm_devices_problem(cfg: DictConfig) -> Problem | None:
     )
 
 
+def ray_resources_problem(cfg: DictConfig) -> Problem | None:
+    """``hydra/launcher=ray`` asks Ray for each job's GPUs before the job runs: the accelerator
+    must say gpu or cpu (``auto`` picks one on the job's machine, after Ray placed it) and a GPU
+    job's ``trainer.devices`` must count GPUs; Ray runs a job on one machine; and the launcher must
+    be installed (an optional extra)."""
+    from hugnc.config import GPU_ACCELERATORS, gpus_per_job
+    from hugnc.launching import ray_launcher_installed
+
+    target = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    if not target.endswith("ray_launcher.RayLauncher"):
+        return None
+    if not ray_launcher_installed():
+        return Problem(
+            "hydra/launcher",
+            'ray needs Ray and hydra-ray-launcher: pip install -e ".[ray]" and '
+            "pip install --no-deps hydra-ray-launcher (README, 'Sweeps, multi-GPU and clusters')",
+            "ray",
+        )
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
+    if str(accelerator) not in (*GPU_ACCELERATORS, "cpu"):
+        return Problem(
+            "trainer.accelerator",
+            "hydra/launcher=ray asks Ray for each job's GPUs before it runs: say trainer=gpu "
+            "(or trainer=ddp) for GPU jobs, trainer=cpu for CPU jobs",
+            accelerator,
+        )
+    devices = OmegaConf.select(cfg, "trainer.devices", default=None)
+    try:
+        gpus_per_job(str(accelerator), devices)
+    except ValueError:
+        return Problem(
+            "trainer.devices",
+            "hydra/launcher=ray needs the number of GPUs of each job (Ray allocates them and "
+            "Lightning starts one DDP rank per GPU); give it, e.g. trainer.devices=2",
+            devices,
+        )
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1)
+    if nodes != 1:
+        return Problem(
+            "trainer.num_nodes",
+            "hydra/launcher=ray runs each job on one machine; use hydra/launcher=slurm for "
+            "multi-node jobs",
+            nodes,
+        )
+    return None
+
+
 def compile_sync_batchnorm_problem(cfg: DictConfig) -> Problem | None:
     """``compile=true`` with ``trainer.sync_batchnorm=true`` is refused: every SyncBatchNorm layer
     all-reduces its batch statistics inside the forward, which torch.compile cannot keep in one
@@ -261,7 +308,7 @@ def compile_sync_batchnorm_problem(cfg: DictConfig) -> Problem | None:
 
 def combination_problems(cfg: DictConfig) -> list[Problem]:
     """Values that are valid alone but not together (checked before Hydra starts)."""
-    checks = (slurm_devices_problem, compile_sync_batchnorm_problem)
+    checks = (slurm_devices_problem, ray_resources_problem, compile_sync_batchnorm_problem)
     return [problem for check in checks if (problem := check(cfg)) is not None]
 
 

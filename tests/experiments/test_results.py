@@ -70,6 +70,16 @@ def test_default_plan_fits_the_budget_and_never_tests_while_tuning() -> None:
     assert command[1:4] == ["-m", "hugnc", "-m"]
     assert f"hydra.sweep.dir={Path('out').resolve() / 'main'}" in command
     assert "seed=0,1,2" in command
+    assert not any(o.startswith("hydra/launcher") for o in command)
+    concurrent = main.command(Path("out"), jobs_at_once=2)
+    assert sorted(concurrent) == sorted(
+        [
+            *command,
+            "hydra/launcher=ray",
+            "hydra.launcher.ray.init.num_cpus=2",
+            "hydra.launcher.ray.remote.num_cpus=1",
+        ]
+    )
     assert stages[3].module == "hugnc.continual"
 
 
