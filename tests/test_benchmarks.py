@@ -12,26 +12,31 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_training_benchmark_prints_every_row_and_verdict() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_training.py"),
-            "--quick",
-            "--batch-size=32",
-            "--warmup=1",
-            "--steps=2",
-            "--data-batches=2",
-            "--setups",
-            "cifar",
-            "--overrides",
-            "model.widths=[4,8,16]",
-            "model.convs_per_stage=1",
-        ],
+def run_benchmark(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """``python benchmarks/<script> ARGS`` with one thread per process, output captured."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_training_benchmark_prints_every_row_and_verdict() -> None:
+    done = run_benchmark(
+        "bench_training.py",
+        "--quick",
+        "--batch-size=32",
+        "--warmup=1",
+        "--steps=2",
+        "--data-batches=2",
+        "--setups",
+        "cifar",
+        "--overrides",
+        "model.widths=[4,8,16]",
+        "model.convs_per_stage=1",
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
@@ -46,13 +51,7 @@ def test_training_benchmark_prints_every_row_and_verdict() -> None:
 @pytest.mark.slow
 def test_gpu_check_smoke_runs_on_the_cpu() -> None:
     """`make gpu-check` on the CPU (--quick): every section prints, the sync count passes."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    done = run_benchmark("gpu_check.py", "--device", "cpu", "--quick", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "1. syncs per training step" in out and "[ok]" in out.split("2. ")[0]
@@ -66,17 +65,11 @@ def test_gpu_check_smoke_runs_on_the_cpu() -> None:
 @pytest.mark.slow
 def test_sweep_benchmark_prints_both_launchers_and_the_ratio(fashion_mnist_dir: Path) -> None:
     """benchmarks/bench_sweep.py: a 2-job sweep under each launcher, every job completed."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_sweep.py"),
-            "--jobs=2",
-            f"--data-dir={fashion_mnist_dir}",
-        ],
-        capture_output=True,
-        text=True,
+    done = run_benchmark(
+        "bench_sweep.py",
+        "--jobs=2",
+        f"--data-dir={fashion_mnist_dir}",
         timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout

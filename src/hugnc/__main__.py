@@ -22,17 +22,10 @@ def _run(cfg: DictConfig) -> float | None:
     # Heavy imports after Hydra handled --help / --cfg.
     from lightning.pytorch.utilities import rank_zero_only
 
-    from hugnc.errors import log_sweep_job_error
-    from hugnc.launching import install_hydra_ddp_launcher, isolated_ddp_job
+    from hugnc.launching import run_job
     from hugnc.train import train
 
-    install_hydra_ddp_launcher()
-    try:
-        with isolated_ddp_job():
-            metrics = train(cfg)
-    except Exception as error:  # metrics.json records it; run_checked prints it
-        log_sweep_job_error(error)
-        raise
+    metrics = run_job(train, cfg)
     accuracy = metrics.get("test/acc")
     # Lightning's stubs type rank_zero_only as a function; it carries the process rank.
     if rank_zero_only.rank == 0:  # type: ignore[attr-defined]

@@ -26,8 +26,7 @@ from torch import Tensor, nn
 
 from hugnc.config import config_dir
 from hugnc.data import ContinualDataModule
-from hugnc.errors import log_sweep_job_error
-from hugnc.launching import install_hydra_ddp_launcher, isolated_ddp_job, register_hydra_plugins
+from hugnc.launching import register_hydra_plugins, run_job
 from hugnc.models.heads import Head
 from hugnc.preflight import run_checked
 from hugnc.run_dir import write_status
@@ -247,13 +246,7 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="continual")
 def _run(cfg: DictConfig) -> float:
-    install_hydra_ddp_launcher()
-    try:
-        with isolated_ddp_job():
-            results = train_continual(cfg)
-    except Exception as error:  # metrics.json records it; run_checked prints it
-        log_sweep_job_error(error)
-        raise
+    results = run_job(train_continual, cfg)
     # Lightning's stubs type rank_zero_only as a function; it carries the process rank.
     if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
         print(

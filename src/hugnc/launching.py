@@ -12,8 +12,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+Result = TypeVar("Result")
 
 _CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 
@@ -105,6 +111,21 @@ def isolated_ddp_job() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def run_job(task: Callable[[DictConfig], Result], cfg: DictConfig) -> Result:
+    """``task(cfg)`` as one job of an entry point: DDP ranks through hugnc's launcher, the job
+    isolated from the next one in this process, and a failed sweep job's error logged as one line
+    (the other jobs run; :func:`hugnc.preflight.run_checked` prints the error of a single run)."""
+    from hugnc.errors import log_sweep_job_error
+
+    install_hydra_ddp_launcher()
+    try:
+        with isolated_ddp_job():
+            return task(cfg)
+    except Exception as error:  # metrics.json records it too
+        log_sweep_job_error(error)
+        raise
 
 
 def register_hydra_plugins() -> None:
