@@ -168,7 +168,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
             # Lightning answers Ctrl-C with its own shutdown, then exit(1): it was the user's.
             error = KeyboardInterrupt()
         shown = user_facing(error)
-        line = shown.line if shown else f"{type(error).__name__}: {error}"
+        line = f"{type(error).__name__}: {shown.line if shown else error}"
         write_status(output_dir, {"status": "failed", "error": line})
         close_loggers(loggers, failed=True)
         raise error
