@@ -224,6 +224,9 @@ def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell starts background jobs (CI's, nohup's) with SIGINT ignored, and Python then
+        # never raises KeyboardInterrupt: give the run the terminal's default, as a user has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     wait_for_file(proc, run / "checkpoints" / "last.ckpt")
     proc.send_signal(signal.SIGINT)
