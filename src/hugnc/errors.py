@@ -96,6 +96,16 @@ def log_sweep_job_error(error: BaseException) -> None:
     log.error(f"hugnc: sweep job {HydraConfig.get().job.num} failed: {line}")
 
 
+def report(error: BaseException, prog: str) -> int:
+    """Print ``<prog>: <line>`` for an error the user can fix and return its exit code; re-raise
+    a bug (and, with ``HUGNC_DEBUG=1``, anything) so that its traceback shows."""
+    shown = user_facing(error)
+    if shown is None or os.environ.get(DEBUG_ENV) == "1":
+        raise error
+    print(f"{prog}: {shown.line}", file=sys.stderr)
+    return shown.exit_code
+
+
 Main = TypeVar("Main", bound=Callable[..., Any])
 
 
@@ -110,11 +120,7 @@ def one_line_errors(prog: str) -> Callable[[Main], Main]:
             try:
                 return main(*args, **kwargs)
             except (Exception, KeyboardInterrupt) as error:
-                shown = user_facing(error)
-                if shown is None or os.environ.get(DEBUG_ENV) == "1":
-                    raise
-                print(f"{prog}: {shown.line}", file=sys.stderr)
-                return shown.exit_code
+                return report(error, prog)
 
         return wrapper  # type: ignore[return-value]
 

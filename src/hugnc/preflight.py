@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from hugnc.config import config_dir
-from hugnc.errors import DEBUG_ENV, user_facing
+from hugnc.errors import DEBUG_ENV, report
 from hugnc.run_dir import checkpoint_problem, output_location_problem
 from hugnc.schema import Problem, Signature, target_signature, unknown_key_problem, validate_config
 
@@ -523,11 +523,7 @@ def run_checked(hydra_main: Callable[[], Any], config_name: str) -> Any:
         print(error, file=sys.stderr)
         sys.exit(EXIT_CODE)
     except (Exception, KeyboardInterrupt) as error:
-        shown = user_facing(error)
-        if shown is None or os.environ.get(DEBUG_ENV) == "1":
-            raise
-        print(f"hugnc: {shown.line}", file=sys.stderr)
-        sys.exit(shown.exit_code)
+        sys.exit(report(error, "hugnc"))
 
 
 def check_command_line(argv: Sequence[str], config_name: str = "train") -> None:
