@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import submitit
 from helpers.cli_runs import run_hugnc
+from helpers.outputs import most_jobs_at_once
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
@@ -249,13 +250,6 @@ def test_ddp_ranks_of_a_ray_job_start_from_the_drivers_command(
     assert cwd == "/work"
 
 
-def _job_span(job_dir: Path) -> tuple[float, float]:
-    """When a job started (Hydra writes ``.hydra/`` first) and ended (``metrics.json`` last)."""
-    return (job_dir / ".hydra" / "config.yaml").stat().st_mtime, (
-        job_dir / "metrics.json"
-    ).stat().st_mtime
-
-
 @pytest.mark.slow
 def test_ray_sweep_runs_two_jobs_at_a_time_and_survives_a_failing_one(
     tmp_path: Path, fashion_mnist_dir: Path
@@ -286,9 +280,7 @@ def test_ray_sweep_runs_two_jobs_at_a_time_and_survives_a_failing_one(
     assert [j.status for j in jobs] == ["completed", "completed", "failed", "completed"]
     assert "alpha must be >= 0" in jobs[2].error
     # At most 2 jobs (2 cores, 1 each) at any moment, and 2 did run together.
-    spans = [_job_span(sweep / j.name) for j in jobs]
-    running = [sum(start <= t < end for start, end in spans) for t, _ in spans]
-    assert max(running) == 2, spans
+    assert most_jobs_at_once([sweep / j.name for j in jobs]) == 2
     for job in jobs:  # torch threads followed the job's 1 core, not the driver's 2
         assert (
             job.status == "failed"

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 from helpers.cli_runs import run_hugnc
+from helpers.outputs import most_jobs_at_once
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
@@ -244,3 +245,34 @@ def test_search_is_stored_in_its_sweep_dir_continues_and_is_reported(
     assert f"best trial: job {found.best_job}, val/acc = " in (sweep / "report.md").read_text()
     assert (sweep / "search_val_acc.png").stat().st_size > 5000
     assert not math.isnan(found.best_value or math.nan)
+
+
+@pytest.mark.slow
+def test_search_trials_run_side_by_side_through_ray(
+    tmp_path: Path, fashion_mnist_dir: Path
+) -> None:
+    """``hydra/launcher=ray`` runs a batch of ``n_jobs`` trials at once (one core each here); the
+    study and the report are the same as with the basic launcher."""
+    sweep = tmp_path / "search"
+    result = run_hugnc(
+        *TINY_SEARCH,
+        "hydra/launcher=ray",
+        "hydra.launcher.ray.init.num_cpus=2",
+        "hydra.launcher.ray.remote.num_cpus=1",
+        "trainer=cpu",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        data_dir=fashion_mnist_dir,
+        env={"OMP_NUM_THREADS": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = collect_local(sweep)
+    assert [job.name for job in jobs] == ["0", "1", "2", "3"]
+    assert all(job.status == "completed" for job in jobs)
+    assert most_jobs_at_once([sweep / job.name for job in jobs]) == 2
+    found = read_search(sweep)
+    assert found is not None and found.states == {"COMPLETE": 4}
+    assert found.best_job is not None
+    assert jobs[int(found.best_job)].metrics["val/acc"] == pytest.approx(found.best_value)
