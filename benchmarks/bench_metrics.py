@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from hugnc.metrics import NeuralCollapse
+from hugnc.metrics.neural_collapse import add_by_class
 
 K, D, BATCH = 1000, 512, 1024
 GOAL_CALLBACK_VS_EVAL = 1.2
@@ -76,7 +77,7 @@ def run_streaming(num: int) -> dict[str, float]:
     sums = torch.zeros(K, D, dtype=torch.float64)
     for features, targets, _ in _batches(num, means, classifier):  # pass 1: class means
         counts += torch.bincount(targets, minlength=K)
-        sums.index_add_(0, targets, features.double())
+        add_by_class(sums, targets, features.double())
     metric = NeuralCollapse(K, D, class_means=sums / counts[:, None])
     for features, targets, logits in _batches(num, means, classifier):  # pass 2
         metric.update(features, targets, logits)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from hugnc.metrics.neural_collapse import NeuralCollapse
+from hugnc.metrics.neural_collapse import NeuralCollapse, add_by_class
 
 #: Stand-in mean of a class absent from pass 1: so far away it is never the nearest mean.
 _FAR = 1e100
@@ -139,7 +139,7 @@ class _ClassSums(Metric):
     def update(self, features: Tensor, targets: Tensor) -> None:
         targets = targets.to(self.counts.device, torch.long)
         self.counts.index_add_(0, targets, torch.ones_like(targets))  # no host sync
-        self.sums.index_add_(0, targets, features.to(self.sums.device, torch.float64))
+        add_by_class(self.sums, targets, features.to(self.sums.device, torch.float64))
 
     def compute(self) -> Tensor:
         """``[K, d]`` class means; NaN rows for classes without samples."""

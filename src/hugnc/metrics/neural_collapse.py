@@ -109,6 +109,20 @@ def angle_deg_from_sq_distance(sq_dist: Tensor) -> Tensor:
     return torch.rad2deg(2.0 * torch.atan2(sq_dist.sqrt(), (4.0 - sq_dist).sqrt()))
 
 
+def add_by_class(sums: Tensor, targets: Tensor, rows: Tensor) -> Tensor:
+    """``sums[targets[i]] += rows[i]`` for every sample i, in place; returns ``sums``.
+
+    Shapes: ``sums`` [K, ...], ``targets`` [N] (long), ``rows`` [N, ...] of ``sums``' dtype.
+    On the CPU through ``index_put_(accumulate=True)`` (sorts the targets, then adds in one pass):
+    CPU ``index_add_`` adds float64 rows one at a time, which dominated a K = 1000 measurement
+    (benchmarks/bench_metrics.py). Elsewhere ``index_add_``: atomic adds, nothing read back to the
+    host (``bincount`` would read the targets' range).
+    """
+    if sums.device.type == "cpu":
+        return sums.index_put_((targets,), rows, accumulate=True)
+    return sums.index_add_(0, targets, rows)
+
+
 def _etf_distance(vectors: Tensor) -> Tensor:
     """``|| X X^T / ||X X^T||_F - (I - 11^T/k) / sqrt(k-1) ||_F`` for X = ``vectors`` [k, d]."""
     num = vectors.shape[0]
@@ -195,9 +209,11 @@ class NeuralCollapse(Metric):
                     f"[{self.num_classes}, {self.feature_dim}], got {list(class_means.shape)}"
                 )
             class_means = class_means.detach().to(_FLOAT)
-        # A plain attribute, not a buffer or state: it must stay float64 under .half()/.float() and
-        # is never reduced across ranks; it follows the features' device lazily in ``update``.
+        # Plain attributes, not buffers or states: they must stay float64 under .half()/.float()
+        # and are never reduced across ranks; they follow the features' device lazily in
+        # ``update``. The directions are normalized once, not per batch.
         self._class_means = class_means
+        self._class_directions = None if class_means is None else F.normalize(class_means, dim=1)
 
         K, d = self.num_classes, self.feature_dim
         self.add_state("class_counts", torch.zeros(K, dtype=torch.long), dist_reduce_fx="sum")
@@ -240,21 +256,22 @@ class NeuralCollapse(Metric):
 
             # index_add_, not bincount (which syncs with the host twice per call on GPUs).
             self.class_counts.index_add_(0, targets, torch.ones_like(targets))
-            self.class_feature_sums.index_add_(0, targets, feats)
-            self.class_unit_sums.index_add_(0, targets, units)
-            self.second_moment += feats.T @ feats
+            add_by_class(self.class_feature_sums, targets, feats)
+            add_by_class(self.class_unit_sums, targets, units)
+            self.second_moment.addmm_(feats.T, feats)
 
-            if self._class_means is None:
+            if self._class_means is None or self._class_directions is None:
                 return
             if self._class_means.device != device:
                 self._class_means = self._class_means.to(device)
+                self._class_directions = self._class_directions.to(device)
             means = self._class_means
             # NC4: nearest class mean (||h||^2 is the same for every class, so it is dropped).
             sq_dist = (means * means).sum(dim=1) - 2.0 * feats @ means.T
             ncc = sq_dist.argmin(dim=1)
             self.ncc_mismatches += (ncc != logits.detach().to(device).argmax(dim=1)).sum()
             # Angle to the given class-mean direction; atan2 is accurate near 0 (collapse).
-            directions = F.normalize(means, dim=1)[targets]
+            directions = self._class_directions[targets]
             cos = (units * directions).sum(dim=1)
             sin = (units - cos[:, None] * directions).norm(dim=1)
             self.intra_angle_sum += torch.atan2(sin, cos).sum()
