@@ -16,6 +16,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
+from omegaconf import OmegaConf
+
+from hugnc.config import GPU_ACCELERATORS, gpus_per_job
+from hugnc.schema import Problem
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
@@ -164,3 +169,64 @@ def ray_launcher_installed() -> bool:
     return (
         find_spec("ray") is not None and find_spec("hydra_plugins.hydra_ray_launcher") is not None
     )
+
+
+def slurm_devices_problem(cfg: DictConfig) -> Problem | None:
+    """``hydra/launcher=slurm`` asks SLURM for ``trainer.devices`` GPUs and tasks per node, so it
+    must be a number: ``auto`` (``trainer=ddp``'s default) is unknown on the submitting node."""
+    target = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    if not target.endswith("SlurmLauncher"):
+        return None
+    devices = OmegaConf.select(cfg, "trainer.devices", default=None)
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+        return None
+    return Problem(
+        "trainer.devices",
+        "hydra/launcher=slurm needs the number of GPUs per node (SLURM allocates them and starts "
+        "one DDP rank per GPU); give it, e.g. trainer.devices=4",
+        devices,
+    )
+
+
+def ray_resources_problem(cfg: DictConfig) -> Problem | None:
+    """``hydra/launcher=ray`` asks Ray for each job's GPUs before the job runs: the accelerator
+    must say gpu or cpu (``auto`` picks one on the job's machine, after Ray placed it) and a GPU
+    job's ``trainer.devices`` must count GPUs; Ray runs a job on one machine; and the launcher must
+    be installed (an optional extra)."""
+    target = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    if not target.endswith("ray_launcher.RayLauncher"):
+        return None
+    if not ray_launcher_installed():
+        return Problem(
+            "hydra/launcher",
+            'ray needs Ray and hydra-ray-launcher: pip install -e ".[ray]" and '
+            "pip install --no-deps hydra-ray-launcher (README, 'Sweeps, multi-GPU and clusters')",
+            "ray",
+        )
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
+    if str(accelerator) not in (*GPU_ACCELERATORS, "cpu"):
+        return Problem(
+            "trainer.accelerator",
+            "hydra/launcher=ray asks Ray for each job's GPUs before it runs: say trainer=gpu "
+            "(or trainer=ddp) for GPU jobs, trainer=cpu for CPU jobs",
+            accelerator,
+        )
+    devices = OmegaConf.select(cfg, "trainer.devices", default=None)
+    try:
+        gpus_per_job(str(accelerator), devices)
+    except ValueError:
+        return Problem(
+            "trainer.devices",
+            "hydra/launcher=ray needs the number of GPUs of each job (Ray allocates them and "
+            "Lightning starts one DDP rank per GPU); give it, e.g. trainer.devices=2",
+            devices,
+        )
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1)
+    if nodes != 1:
+        return Problem(
+            "trainer.num_nodes",
+            "hydra/launcher=ray runs each job on one machine; use hydra/launcher=slurm for "
+            "multi-node jobs",
+            nodes,
+        )
+    return None

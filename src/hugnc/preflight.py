@@ -4,8 +4,10 @@
 ``on_multirun_start`` come after Hydra composed the config and before it makes the run (sweep)
 directory. It checks the config with :func:`hugnc.schema.validate_config` (every job of a basic
 sweep, composed by Hydra's own config loader, before the first starts), the combinations that no
-single value shows, the output location and ``ckpt_path``; a problem is one line naming the key,
-what is allowed and where the value came from, and the run stops with exit code 2.
+single value shows (each checked where its values are used: launchers in :mod:`hugnc.launching`,
+``compile`` in :mod:`hugnc.train`), the output location and ``ckpt_path``; a problem is one
+line naming the key, what is allowed and where the value came from, and the run stops with exit
+code 2.
 
 A config Hydra cannot compose (an unknown key or option, a bad override) fails before any
 callback: :func:`run_checked` (around each entry point's ``@hydra.main`` function) turns Hydra's
@@ -227,102 +229,18 @@ def _not_in_config(full_key: str, overrides: Sequence[str], compose: Compose) ->
     return str(problem) + _origin(problem, cfg, [])
 
 
-def slurm_devices_problem(cfg: DictConfig) -> Problem | None:
-    """``hydra/launcher=slurm`` asks SLURM for ``trainer.devices`` GPUs and tasks per node, so it
-    must be a number: ``auto`` (``trainer=ddp``'s default) is unknown on the submitting node."""
-    target = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
-    if not target.endswith("SlurmLauncher"):
-        return None
-    devices = OmegaConf.select(cfg, "trainer.devices", default=None)
-    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
-        return None
-    return Problem(
-        "trainer.devices",
-        "hydra/launcher=slurm needs the number of GPUs per node (SLURM allocates them and starts "
-        "one DDP rank per GPU); give it, e.g. trainer.devices=4",
-        devices,
-    )
-
-
-def ray_resources_problem(cfg: DictConfig) -> Problem | None:
-    """``hydra/launcher=ray`` asks Ray for each job's GPUs before the job runs: the accelerator
-    must say gpu or cpu (``auto`` picks one on the job's machine, after Ray placed it) and a GPU
-    job's ``trainer.devices`` must count GPUs; Ray runs a job on one machine; and the launcher must
-    be installed (an optional extra)."""
-    from hugnc.config import GPU_ACCELERATORS, gpus_per_job
-    from hugnc.launching import ray_launcher_installed
-
-    target = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
-    if not target.endswith("ray_launcher.RayLauncher"):
-        return None
-    if not ray_launcher_installed():
-        return Problem(
-            "hydra/launcher",
-            'ray needs Ray and hydra-ray-launcher: pip install -e ".[ray]" and '
-            "pip install --no-deps hydra-ray-launcher (README, 'Sweeps, multi-GPU and clusters')",
-            "ray",
-        )
-    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
-    if str(accelerator) not in (*GPU_ACCELERATORS, "cpu"):
-        return Problem(
-            "trainer.accelerator",
-            "hydra/launcher=ray asks Ray for each job's GPUs before it runs: say trainer=gpu "
-            "(or trainer=ddp) for GPU jobs, trainer=cpu for CPU jobs",
-            accelerator,
-        )
-    devices = OmegaConf.select(cfg, "trainer.devices", default=None)
-    try:
-        gpus_per_job(str(accelerator), devices)
-    except ValueError:
-        return Problem(
-            "trainer.devices",
-            "hydra/launcher=ray needs the number of GPUs of each job (Ray allocates them and "
-            "Lightning starts one DDP rank per GPU); give it, e.g. trainer.devices=2",
-            devices,
-        )
-    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1)
-    if nodes != 1:
-        return Problem(
-            "trainer.num_nodes",
-            "hydra/launcher=ray runs each job on one machine; use hydra/launcher=slurm for "
-            "multi-node jobs",
-            nodes,
-        )
-    return None
-
-
-def compile_sync_batchnorm_problem(cfg: DictConfig) -> Problem | None:
-    """``compile=true`` with ``trainer.sync_batchnorm=true`` is refused: every SyncBatchNorm layer
-    all-reduces its batch statistics inside the forward, which torch.compile cannot keep in one
-    graph (a graph break and a collective per layer), so compiling buys nothing there."""
-    if not (cfg.get("compile", False) and OmegaConf.select(cfg, "trainer.sync_batchnorm")):
-        return None
-    return Problem(
-        "compile",
-        "torch.compile does not combine with trainer.sync_batchnorm=true (SyncBatchNorm's "
-        "all-reduce breaks the compiled graph at every layer); use compile=false, or "
-        "trainer.sync_batchnorm=false (per-GPU batch statistics)",
-        True,
-    )
-
-
 def combination_problems(cfg: DictConfig) -> list[Problem]:
-    """Values that are valid alone but not together (checked before Hydra starts)."""
+    """Values that are valid alone but not together, checked by the modules that use them."""
+    from hugnc.launching import ray_resources_problem, slurm_devices_problem
+    from hugnc.train import compile_sync_batchnorm_problem
+
     checks = (slurm_devices_problem, ray_resources_problem, compile_sync_batchnorm_problem)
     return [problem for check in checks if (problem := check(cfg)) is not None]
 
 
 def _output_directory(cfg: DictConfig, multirun: bool) -> str:
     """``hydra.run.dir`` (or ``hydra.sweep.dir``), resolved as Hydra will resolve it."""
-    from hydra.core.hydra_config import HydraConfig
-
-    instance = HydraConfig.instance()
-    saved = instance.cfg
-    instance.set_config(cfg)
-    try:
-        return cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir
-    finally:
-        instance.cfg = saved
+    return _with_hydra_config(cfg, lambda c: c.hydra.sweep.dir if multirun else c.hydra.run.dir)
 
 
 def _check_output_location(cfg: DictConfig, multirun: bool) -> None:

@@ -22,6 +22,7 @@ from hugnc.host_memory import retain_freed_host_memory
 from hugnc.loggers import finish_loggers
 from hugnc.module import HUGClassifier
 from hugnc.run_dir import write_status
+from hugnc.schema import Problem
 
 if TYPE_CHECKING:
     from hugnc.data import ContinualDataModule, ImageDataModule
@@ -62,6 +63,21 @@ class RunKeys(RunGroups, total=False):
     retain_host_memory: bool
     optimized_metric: str
     scheduler: SchedulerKeys | None
+
+
+def compile_sync_batchnorm_problem(cfg: DictConfig) -> Problem | None:
+    """``compile=true`` with ``trainer.sync_batchnorm=true`` is refused: every SyncBatchNorm layer
+    all-reduces its batch statistics inside the forward, which torch.compile cannot keep in one
+    graph (a graph break and a collective per layer), so compiling buys nothing there."""
+    if not (cfg.get("compile", False) and OmegaConf.select(cfg, "trainer.sync_batchnorm")):
+        return None
+    return Problem(
+        "compile",
+        "torch.compile does not combine with trainer.sync_batchnorm=true (SyncBatchNorm's "
+        "all-reduce breaks the compiled graph at every layer); use compile=false, or "
+        "trainer.sync_batchnorm=false (per-GPU batch statistics)",
+        True,
+    )
 
 
 def instantiate_all(group: DictConfig | None) -> list:
