@@ -1,5 +1,7 @@
 """A finished paper_budget job's record: its small outputs copied out of the run directory
-(no checkpoints), with the per-epoch curves merged from the CSV logger's versions."""
+(no checkpoints), with the per-epoch curves merged from the CSV logger's versions; and an
+interrupted job's run directory parked beside the records (with its last checkpoint only), so a
+fresh clone continues it where it stopped."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from hugnc import run_dir as layout
 #: The small outputs of a run directory that make up a job's record.
 RECORD_FILES = (layout.METRICS_FILE, "nc_history.json", "dynamics_history.json")
 RECORD_PICTURES = "*.png"
+#: ``<record>/unfinished/<job>``: an interrupted job's run directory, kept with the records.
+UNFINISHED = "unfinished"
 
 
 def status(directory: Path) -> str:
@@ -103,3 +107,37 @@ def record_job(run_dir: Path, record: Path, job: BudgetJob, wall_s: float | None
         metrics["wall_s"] = metrics.get("wall_s", 0.0) + wall_s
         layout.metrics_file(target).write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return target
+
+
+def parked_dir(record: Path, job: BudgetJob) -> Path:
+    """Where ``job``'s interrupted run directory is parked in ``record``."""
+    return record / UNFINISHED / job.name
+
+
+def _all_but_the_last_checkpoint(directory: str, names: list[str]) -> list[str]:
+    if Path(directory).name != layout.CHECKPOINT_DIR:
+        return []
+    return [name for name in names if name != layout.LAST_CHECKPOINT]
+
+
+def park(run_dir: Path, record: Path, job: BudgetJob) -> Path | None:
+    """Copy an interrupted job's ``run_dir`` to :func:`parked_dir` with ``checkpoints/last.ckpt``
+    as its only checkpoint (a LeNet++ checkpoint is ~1 MB), replacing an older parked copy.
+    Returns the parked directory, or ``None`` when there is no checkpoint to continue from."""
+    if not layout.last_checkpoint(run_dir).is_file():
+        return None
+    target = parked_dir(record, job)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(run_dir, target, ignore=_all_but_the_last_checkpoint)
+    return target
+
+
+def unpark(record: Path, job: BudgetJob, run_dir: Path) -> bool:
+    """Restore ``job``'s parked run directory to ``run_dir`` when this clone has none (the job
+    then continues from its parked checkpoint); returns whether it did."""
+    parked = parked_dir(record, job)
+    if run_dir.exists() or not layout.last_checkpoint(parked).is_file():
+        return False
+    shutil.copytree(parked, run_dir)
+    return True

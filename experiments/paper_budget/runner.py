@@ -4,6 +4,7 @@ from its checkpoint, recording and (``--commit``) committing each finished job."
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +14,14 @@ from pathlib import Path
 from experiments import timing
 from experiments.logged_run import run_logged
 from experiments.paper_budget.plan import BudgetJob, job_estimate_s
-from experiments.paper_budget.records import is_recorded, record_job, status
+from experiments.paper_budget.records import (
+    is_recorded,
+    park,
+    parked_dir,
+    record_job,
+    status,
+    unpark,
+)
 from experiments.paper_budget.table import write_summary
 from hugnc import run_dir as layout
 
@@ -26,9 +34,13 @@ def commit(paths: Sequence[Path], message: str, attempts: int = 20) -> bool:
     staged or unstaged changes stay as they are. Retries while another git command holds the
     index lock. Returns whether a commit was made."""
     repo = paths[0].resolve().parent
+    while not repo.exists():  # a removed path (a parked run once its job finished)
+        repo = repo.parent
     for attempt in range(attempts):
-        names = [str(p.resolve()) for p in paths if p.exists()]
-        add = subprocess.run(["git", "-C", str(repo), "add", "--", *names], capture_output=True)
+        names = [str(p.resolve()) for p in paths if p.exists() or _tracked(p, repo)]
+        add = subprocess.run(
+            ["git", "-C", str(repo), "add", "-A", "--", *names], capture_output=True
+        )
         done = add.returncode == 0 and (
             subprocess.run(
                 ["git", "-C", str(repo), "commit", "-q", "-m", message, "--only", "--", *names],
@@ -43,6 +55,15 @@ def commit(paths: Sequence[Path], message: str, attempts: int = 20) -> bool:
             time.sleep(3)
     print(f"[paper_budget] could not commit {[str(p) for p in paths]}", flush=True)
     return False
+
+
+def _tracked(path: Path, repo: Path) -> bool:
+    listed = subprocess.run(
+        ["git", "-C", str(repo), "ls-files", "--", str(path.resolve())],
+        capture_output=True,
+        text=True,
+    )
+    return bool(listed.stdout.strip())
 
 
 def _aside(run_dir: Path) -> Path:
@@ -91,6 +112,8 @@ def run(
         run_dir = out / job.name
         wall_s: float | None = None
         if status(run_dir) != "completed":
+            if unpark(record, job, run_dir):
+                print(f"[paper_budget] {job.name}: continues from its parked checkpoint")
             if run_dir.exists() and not layout.last_checkpoint(run_dir).is_file():
                 print(f"[paper_budget] {job.name}: no checkpoint; moved to {_aside(run_dir).name}")
             command = job_command(job, run_dir, quick)
@@ -99,9 +122,14 @@ def run(
             code = run_logged(command, out / f"{job.name}.log", env)
             wall_s = time.monotonic() - started
             if code in INTERRUPTED_EXIT:
+                parked = park(run_dir, record, job)
                 print(
                     f"[paper_budget] {job.name} interrupted (exit {code}); continue with --resume"
+                    + (f" (parked in {parked})" if parked else ""),
+                    flush=True,
                 )
+                if parked and commit_records:
+                    commit([parked], f"paper_budget: {job.name} interrupted, parked for --resume")
                 return 2
             if status(run_dir) != "completed":
                 print(f"[paper_budget] {job.name} FAILED (exit {code}); see {out / job.name}.log")
@@ -109,6 +137,10 @@ def run(
                 continue
         target = record_job(run_dir, record, job, wall_s)
         summary = write_summary(record)
+        parked = parked_dir(record, job)
+        if parked.exists():
+            shutil.rmtree(parked)
+            summary.append(parked)
         accuracy = (layout.read_status(target) or {}).get("test/acc", math.nan)
         print(
             f"[paper_budget] {job.name} finished: test acc {100 * accuracy:.2f}%"

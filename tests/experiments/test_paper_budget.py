@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,31 @@ def test_a_killed_job_continues_from_its_checkpoint_else_restarts(tmp_path: Path
     ]
 
 
+def test_an_interrupted_job_is_parked_and_a_fresh_clone_continues_it(tmp_path: Path) -> None:
+    job = BudgetJob("mhs_hug", 64, 1)
+    record, run_dir = tmp_path / "record", tmp_path / "runs" / job.name
+    assert records.park(run_dir, record, job) is None  # nothing to continue from
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"last")
+    (run_dir / "checkpoints" / "epoch_002.ckpt").write_bytes(b"older")
+    (run_dir / "csv" / "version_0").mkdir(parents=True)
+    (run_dir / "csv" / "version_0" / "metrics.csv").write_text("epoch,step\n0,9\n")
+    parked = records.park(run_dir, record, job)
+    assert parked == record / "unfinished" / job.name
+    assert sorted(p.name for p in (parked / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert (parked / "csv" / "version_0" / "metrics.csv").is_file()
+    assert not records.is_recorded(record, job)
+
+    fresh = tmp_path / "clone" / job.name  # another clone: no run directory yet
+    assert records.unpark(record, job, fresh)
+    assert (fresh / "checkpoints" / "last.ckpt").read_bytes() == b"last"
+    assert budget_runner.job_command(job, fresh, quick=False)[2:] == [
+        "hugnc",
+        f"resume={fresh.resolve()}",
+    ]
+    assert not records.unpark(record, job, fresh)  # an existing run directory is kept
+
+
 def test_curves_merge_the_csv_versions_of_a_resumed_run(tmp_path: Path) -> None:
     first = tmp_path / "csv" / "version_0"
     second = tmp_path / "csv" / "version_1"
@@ -112,6 +138,18 @@ def test_commit_takes_only_the_record_and_leaves_other_work_alone(tmp_path: Path
     ]
     assert _git(repo, "diff", "--cached", "--name-only").split() == ["code.py"]
     assert "?? notes.txt" in _git(repo, "status", "--short")
+    # A parked run, committed, then removed once its job finished: the removal is committed.
+    parked = repo / "results" / "paper_budget" / "unfinished" / "ce_d64_s1"
+    parked.mkdir(parents=True)
+    (parked / "last.ckpt").write_bytes(b"x")
+    assert budget_runner.commit([parked], "parked")
+    shutil.rmtree(parked)
+    assert budget_runner.commit([record, parked], "finished")
+    assert _git(repo, "show", "--name-status", "--format=", "HEAD").split() == [
+        "D",
+        "results/paper_budget/unfinished/ce_d64_s1/last.ckpt",
+    ]
+    assert _git(repo, "diff", "--cached", "--name-only").split() == ["code.py"]
 
 
 def test_existing_record_needs_resume_and_dry_run_prints_the_estimate(
