@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -181,11 +182,22 @@ class Stage:
     estimate_s: float
     settings: list[Setting] = field(default_factory=list)
 
-    def command(self, out: Path, jobs_at_once: int = 1) -> list[str]:
-        """The subprocess command (absolute sweep dir and config search path); ``jobs_at_once``
-        > 1 runs that many jobs concurrently through ``hydra/launcher=ray``, one core each."""
+    def command(self, out: Path, jobs_at_once: int = 1, gpus: int = 0) -> list[str]:
+        """The subprocess command (absolute sweep dir and config search path).
+
+        ``gpus`` > 0 trains on the GPU (``trainer=gpu``) and runs one job per GPU through
+        ``hydra/launcher=ray`` (the machine's cores shared among them); else ``jobs_at_once`` > 1
+        runs that many CPU jobs concurrently through Ray, one core each.
+        """
         overrides = [*self.overrides, f"hydra.sweep.dir={out.resolve() / self.name}"]
-        if jobs_at_once > 1:
+        if gpus > 0:
+            overrides += [
+                "trainer=gpu",
+                "hydra/launcher=ray",
+                f"hydra.launcher.ray.init.num_gpus={gpus}",
+                f"hydra.launcher.ray.remote.num_cpus={max(1, (os.cpu_count() or 1) // gpus)}",
+            ]
+        elif jobs_at_once > 1:
             overrides += [
                 "hydra/launcher=ray",
                 f"hydra.launcher.ray.init.num_cpus={jobs_at_once}",

@@ -59,9 +59,10 @@ def stage_finished(stage_dir: Path, expected_jobs: int) -> bool:
 
 
 def run_stage(
-    stage: Stage, out: Path, env: dict[str, str], jobs_at_once: int = 1
+    stage: Stage, out: Path, env: dict[str, str], jobs_at_once: int = 1, gpus: int = 0
 ) -> tuple[bool, float]:
-    """Run (or skip) one stage, ``jobs_at_once`` jobs at a time; returns (finished, seconds)."""
+    """Run (or skip) one stage, ``jobs_at_once`` CPU jobs at a time (``gpus`` > 0: one job per
+    GPU); returns (finished, seconds)."""
     stage_dir = out / stage.name
     if stage_dir.exists():
         if stage_finished(stage_dir, stage.expected_jobs):
@@ -73,7 +74,7 @@ def run_stage(
         stage_dir.rename(aside)
         print(f"[{stage.name}] unfinished; moved to {aside.name}, running it again")
     log_path = out / f"{stage.name}.log"
-    command = stage.command(out, jobs_at_once)
+    command = stage.command(out, jobs_at_once, gpus)
     print(
         f"[{stage.name}] {stage.expected_jobs} jobs, estimated "
         f"{timing.minutes(stage.estimate_s)}; log: {log_path}",
@@ -141,6 +142,16 @@ def _job_env() -> dict[str, str]:
     return env
 
 
+def default_gpus() -> int:
+    """The machine's CUDA GPUs when Ray is installed (then every job trains on one of them),
+    else 0: the results run on the CPU."""
+    if not ray_launcher_installed():
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def default_jobs_at_once() -> int:
     """One job per core through Ray where it is installed: the CPU-bound results model trains
     faster as 2 single-thread jobs than as 1 two-thread job on 2 cores
@@ -179,6 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="jobs run concurrently (hydra/launcher=ray, 1 core each; 1: Hydra's basic launcher "
         "with all cores); default: the number of cores if Ray is installed, else 1",
     )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=default_gpus(),
+        help="train on the GPU, one job per GPU at a time (trainer=gpu, hydra/launcher=ray); "
+        "default: the machine's CUDA GPUs if Ray is installed, else 0 (CPU, --jobs-at-once)",
+    )
     budget = parser.add_argument_group("paper_budget stage")
     budget.add_argument(
         "--record",
@@ -210,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  {stage.name:<9} {stage.expected_jobs:>3} jobs  ~{timing.minutes(stage.estimate_s)}"
         )
     print(f"  total     ~{timing.minutes(total)}", flush=True)
+    if args.gpus:
+        print(f"  on {args.gpus} GPU(s), one job per GPU (the time model is the CPU's)", flush=True)
     if args.dry_run:
         return 0
 
@@ -229,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         (stage,) = (s for s in build_stages(options, tuned) if s.name == name)
         write_settings(out, [stage])
-        finished, _ = run_stage(stage, out, env, args.jobs_at_once)
+        finished, _ = run_stage(stage, out, env, args.jobs_at_once, args.gpus)
         if not finished:
             unfinished.append(name)
         if name == "tune":

@@ -4,6 +4,7 @@ quick run."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from experiments.results import plan, runner, table
 from hugnc.config import config_dir
@@ -81,6 +83,22 @@ def test_default_plan_fits_the_budget_and_never_tests_while_tuning() -> None:
         ]
     )
     assert stages[3].module == "hugnc.continual"
+
+
+def test_on_a_gpu_machine_every_results_job_gets_one_gpu(compose_cfg) -> None:
+    """``--gpus 4``: the jobs train on the GPU, Ray holds the 4 GPUs and gives each job one
+    (checked on the composed config of a main-stage job: no GPU here)."""
+    command = plan.build_stages(plan.Options(None, [0], False, False, "csv"), {})[1].command(
+        Path("out"), gpus=4
+    )
+    job = [o for o in command[4:] if not o.startswith(("hydra.sweep.dir", "hydra.searchpath"))]
+    job = [o.split(",")[0] if o.startswith(("+results_setting=", "seed=")) else o for o in job]
+    cfg = compose_cfg(*[o for o in job if not o.startswith("+results_setting")])
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == 1
+    ray = OmegaConf.to_container(cfg.hydra.launcher.ray, resolve=True)
+    assert ray["init"]["num_gpus"] == 4
+    assert ray["remote"]["num_gpus"] == 1
+    assert ray["remote"]["num_cpus"] == max(1, (os.cpu_count() or 1) // 4)
 
 
 def test_setting_config_carries_tuned_weights() -> None:
