@@ -63,16 +63,28 @@ def test_isolated_job_restores_launch_environment(monkeypatch: pytest.MonkeyPatc
     assert "LOCAL_RANK" not in os.environ and os.environ["MASTER_PORT"] == "1234"
 
 
+#: hydra/launcher=ray: each job a Ray task holding both cores for its two ranks.
+RAY_DDP_JOBS = (
+    "hydra/launcher=ray",
+    "hydra.launcher.ray.init.num_cpus=2",
+    "hydra.launcher.ray.remote.num_cpus=2",
+)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("launcher", [(), RAY_DDP_JOBS], ids=["basic", "ray"])
 def test_multirun_of_ddp_jobs_each_in_its_own_directory(
-    tmp_path: Path, fashion_mnist_dir: Path
+    tmp_path: Path, fashion_mnist_dir: Path, launcher: tuple[str, ...]
 ) -> None:
+    """Each job's ranks start from the job's own overrides (under Ray, from the command that
+    started the sweep, not the Ray worker's), into the job's directory."""
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "hugnc",
             "-m",
+            *launcher,
             "trainer=ddp_cpu",
             "loss.alpha=0.1,0.2",
             "data.train_subset=256",
