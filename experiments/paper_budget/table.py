@@ -51,6 +51,7 @@ def write_summary(record: Path) -> list[Path]:
         ]
     ]
     csv_rows = [["loss", "feature_dim", "seed", "steps", "test_acc", "train_acc", *FINAL_DYNAMICS]]
+    notes: list[str] = []
     for dim in sorted({d for d, _ in SETTINGS}, reverse=True):
         for loss in LOSSES:
             group = [j for j in jobs if j.loss == loss and j.feature_dim == dim]
@@ -61,9 +62,11 @@ def write_summary(record: Path) -> list[Path]:
             curves = [read_curves(record / j.name / "curves.csv") for j in group]
             train_acc = [c[-1]["train/acc"] for c in curves if c and "train/acc" in c[-1]]
             steps = [int(c[-1]["step"]) for c in curves if c]
+            if group[0].deviation:
+                notes.append(_deviation_note(len(notes) + 1, group, record))
             rows.append(
                 [
-                    LOSS_LABELS[loss],
+                    LOSS_LABELS[loss] + (f" ({len(notes)})" if group[0].deviation else ""),
                     str(dim),
                     ",".join(str(j.seed) for j in group),
                     str(max(steps)) if steps else "-",
@@ -97,6 +100,7 @@ def write_summary(record: Path) -> list[Path]:
         "| " + " | ".join(rows[0]) + " |",
         "|" + "---|" * len(rows[0]),
         *("| " + " | ".join(row) + " |" for row in rows[1:]),
+        *(["", *notes] if notes else []),
     ]
     paths = [record / "README.md", record / "results.csv"]
     paths[0].write_text("\n".join(lines) + "\n")
@@ -105,6 +109,29 @@ def write_summary(record: Path) -> list[Path]:
     if jobs:
         paths += [_budget_curve(record, jobs), _dynamics_by_loss(record, jobs)]
     return paths
+
+
+def _deviation_note(number: int, group: Sequence[BudgetJob], record: Path) -> str:
+    """The footnote of a row whose jobs ran with :data:`plan.DEVIATIONS`: the overrides and how
+    often gradient clipping bound (mean over the epochs of ``dynamics/clipped_fraction``)."""
+    overrides = " ".join(f"`{o}`" for o in group[0].deviation)
+    clipped = []
+    for job in group:
+        path = record / job.name / "dynamics_history.json"
+        history = json.loads(path.read_text()) if path.is_file() else []
+        fractions = [
+            e["clipped_fraction"] for e in history if e.get("clipped_fraction") is not None
+        ]
+        if fractions:
+            clipped.append(
+                f"seed {job.seed}: clipped {100 * np.mean(fractions):.1f}% of steps "
+                f"({100 * fractions[0]:.1f}% in epoch 0)"
+            )
+    return (
+        f"({number}) Beyond the protocol, because the paper's optimizer alone diverges here "
+        f"(`experiments/paper_budget/plan.py` DEVIATIONS): {overrides}"
+        + (f"; {', '.join(clipped)}." if clipped else ".")
+    )
 
 
 def _final(path: Path) -> dict[str, float]:

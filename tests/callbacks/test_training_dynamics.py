@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hugnc.callbacks import TrainingDynamicsMonitor
-from hugnc.callbacks.training_dynamics import _GRAD, _GRAD_N
+from hugnc.callbacks.training_dynamics import _CLIPPED, _CLIPPED_N, _GRAD, _GRAD_N
 from hugnc.metrics.dynamics import scale_invariant_weights
 from hugnc.train import build_module, train
 
@@ -40,7 +40,7 @@ def test_feature_gradient_norm_is_the_gradient_reaching_the_features(compose_cfg
     loss = module.criterion(features, module.head.classifier, targets).loss
     (reference,) = torch.autograd.grad(loss, features)
 
-    monitor._sums = torch.zeros(6)
+    monitor._sums = torch.zeros(8)
     monitor._capturing = True
     module.criterion(module.features(images), module.head.classifier, targets).loss.backward()
     assert monitor._sums[_GRAD_N].item() == 1.0
@@ -53,10 +53,35 @@ def test_feature_gradient_norm_is_the_gradient_reaching_the_features(compose_cfg
     assert not module.backbone._forward_hooks
 
 
+def test_clipped_steps_are_those_whose_total_gradient_norm_exceeds_the_threshold(
+    compose_cfg,
+) -> None:
+    cfg = compose_cfg("experiment=paper_budget", "loss=ce", "model.feature_dim=2")
+    module = build_module(cfg, (1, 28, 28))
+    images, targets = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
+    torch.nn.functional.cross_entropy(module(images), targets).backward()
+    # Naive reference: the 2-norm of every gradient entry of the model, concatenated.
+    norm = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None]).norm()
+
+    monitor = TrainingDynamicsMonitor(output_dir="unused")
+    monitor._sums = torch.zeros(8)
+    for threshold, algorithm in [(0.99, "norm"), (1.01, None), (0.5, "value"), (None, None)]:
+        trainer = SimpleNamespace(
+            gradient_clip_val=None if threshold is None else threshold * norm.item(),
+            gradient_clip_algorithm=algorithm,
+        )
+        monitor.on_before_optimizer_step(trainer, module, optimizer=None)
+    # Only the two norm-clipped steps count; the one below the norm was clipped.
+    assert monitor._sums[_CLIPPED_N].item() == 2.0
+    assert monitor._sums[_CLIPPED].item() == 1.0
+
+
 @pytest.mark.real_data
 @pytest.mark.parametrize("loss", ["ce", "mhe_hug"])
 def test_short_fit_logs_dynamics_that_match_the_final_weights(compose_cfg, loss: str) -> None:
-    cfg = compose_cfg(*SHORT_FIT, f"loss={loss}")
+    # CE also clips with a threshold below any gradient norm: every step is clipped.
+    clipping = ("+trainer.gradient_clip_val=1e-9",) if loss == "ce" else ()
+    cfg = compose_cfg(*SHORT_FIT, f"loss={loss}", *clipping)
     metrics = train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     history = json.loads((run_dir / "dynamics_history.json").read_text())
@@ -67,6 +92,10 @@ def test_short_fit_logs_dynamics_that_match_the_final_weights(compose_cfg, loss:
     for key in ("angular_update_deg", "feature_grad_norm", "intra_distance", "weight_norm"):
         assert math.isfinite(last[key]) and last[key] > 0, key
         assert metrics[f"dynamics/{key}"] == pytest.approx(last[key], rel=1e-5)
+    if clipping:
+        assert [entry["clipped_fraction"] for entry in history] == [1.0, 1.0]
+    else:
+        assert "clipped_fraction" not in last
 
     # Recompute from the final weights (the last epoch's values are measured after its last step).
     module = build_module(cfg, (1, 28, 28))

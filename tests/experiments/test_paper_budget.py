@@ -13,6 +13,7 @@ import pytest
 
 from experiments.paper_budget import plan, records
 from experiments.paper_budget import runner as budget_runner
+from experiments.paper_budget import table as budget_table
 from experiments.paper_budget.plan import BudgetJob
 from experiments.results import runner
 
@@ -40,6 +41,33 @@ def test_protocol_is_the_papers_optimizer_schedule_and_weights_at_its_step_count
     else:
         assert (cfg.loss.alpha, cfg.loss.beta) == PAPER_WEIGHTS[loss]
     assert "training_dynamics" in cfg.callbacks
+
+
+def test_only_ce_at_d2_clips_and_its_row_says_how_often_clipping_bound(
+    compose_cfg, tmp_path: Path
+) -> None:
+    for job in plan.jobs():
+        cfg = compose_cfg(*job.overrides())
+        clip = cfg.trainer.get("gradient_clip_val")
+        assert clip == (5.0 if (job.loss, job.feature_dim) == ("ce", 2) else None), job.name
+    # A record of CE d = 2 (clipping) and MHE-HUG d = 2 (none): only CE's row has a note.
+    for job, fractions in [
+        (BudgetJob("ce", 2, 0), [0.5, 0.1, 0.0]),
+        (BudgetJob("mhe_hug", 2, 0), []),
+    ]:
+        target = tmp_path / job.name
+        target.mkdir()
+        (target / "metrics.json").write_text(json.dumps({"status": "completed", "test/acc": 0.8}))
+        history = [
+            {"epoch": e, "step": 10 * (e + 1), "clipped_fraction": f}
+            for e, f in enumerate(fractions)
+        ]
+        (target / "dynamics_history.json").write_text(json.dumps(history))
+        records.write_curves([{"epoch": 0, "step": 10, "train/acc": 0.5}], target / "curves.csv")
+    table = (tmp_path / "README.md").read_text() if budget_table.write_summary(tmp_path) else ""
+    assert "| CE (1) | 2 | 0 |" in table and "| MHE-HUG | 2 | 0 |" in table
+    assert "(1) Beyond the protocol" in table and "`+trainer.gradient_clip_val=5.0`" in table
+    assert "seed 0: clipped 20.0% of steps (50.0% in epoch 0)" in table
 
 
 def test_jobs_run_seed_0_at_d64_for_every_loss_first() -> None:

@@ -13,7 +13,10 @@ time. This callback logs, per training epoch (``dynamics/*``, every logger, W&B 
   batch's features ``F [B, d]`` (this rank's batch; under ``16-mixed`` it includes the loss scale);
 - ``intra_distance``: sample mean of ``||x_i/||x_i|| - w_y/||w_y||||`` of the training features to
   their class's classifier row (HUG: its intra term up to class balancing; CE: the linear rows);
-- ``classifier_min_angle_deg``: smallest pairwise angle of the classifier rows (HUG: proxies).
+- ``classifier_min_angle_deg``: smallest pairwise angle of the classifier rows (HUG: proxies);
+- ``clipped_fraction``: only with norm clipping (``trainer.gradient_clip_val``), the fraction of
+  the epoch's optimizer steps whose gradient norm over all parameters exceeded the threshold, so
+  a run that needed clipping says how often it bound.
 
 Everything accumulates on the device and is read once per epoch (no host sync per step). The
 history survives ``resume=`` (callback state in the checkpoint) and is written at the end of
@@ -47,7 +50,7 @@ from hugnc.metrics.neural_collapse import angle_deg_from_sq_distance
 from hugnc.plots import dynamics_curves_figure
 
 #: Slots of the per-epoch accumulator: sums and their counts.
-_ANGLE, _ANGLE_N, _GRAD, _GRAD_N, _INTRA, _INTRA_N = range(6)
+_ANGLE, _ANGLE_N, _GRAD, _GRAD_N, _INTRA, _INTRA_N, _CLIPPED, _CLIPPED_N = range(8)
 
 
 class TrainingDynamicsMonitor(Callback):
@@ -98,7 +101,7 @@ class TrainingDynamicsMonitor(Callback):
 
     # -- training -------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._sums = torch.zeros(6, device=pl_module.device)
+        self._sums = torch.zeros(8, device=pl_module.device)
         self._epoch_lr = float(trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_train_batch_start(
@@ -107,6 +110,19 @@ class TrainingDynamicsMonitor(Callback):
         self._capturing = True
         if self._weights and trainer.global_step % self.every_n_steps == 0:
             self._snapshot = [w.detach().clone() for w in self._weights]
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: Any
+    ) -> None:
+        # Lightning calls this hook before it clips (and, under 16-mixed, after unscaling).
+        threshold = trainer.gradient_clip_val
+        if self._sums is None or not threshold or trainer.gradient_clip_algorithm == "value":
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads)
+            self._sums[_CLIPPED] += (norm > float(threshold)).float()
+            self._sums[_CLIPPED_N] += 1.0
 
     def on_train_batch_end(
         self,
@@ -147,6 +163,8 @@ class TrainingDynamicsMonitor(Callback):
                     min_pairwise_sq_distance(head(pl_module).classifier.detach())
                 ),
             }
+            if sums[_CLIPPED_N] > 0:
+                values["clipped_fraction"] = sums[_CLIPPED] / sums[_CLIPPED_N]
             if self._weights:
                 values["weight_norm"] = squared_norms(self._weights).sum().sqrt()
                 values["effective_lr"] = effective_step_size(self._epoch_lr, self._weights)
