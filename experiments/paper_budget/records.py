@@ -19,6 +19,9 @@ RECORD_FILES = (layout.METRICS_FILE, "nc_history.json", "dynamics_history.json")
 RECORD_PICTURES = "*.png"
 #: ``<record>/unfinished/<job>``: an interrupted job's run directory, kept with the records.
 UNFINISHED = "unfinished"
+#: ``<run dir>/<this>``: seconds the job's interrupted attempts ran (the stage's clock); parked
+#: with the run directory, so a resumed job's ``wall_s`` counts every attempt.
+INTERRUPTED_WALL = "interrupted_wall_s"
 
 
 def status(directory: Path) -> str:
@@ -104,9 +107,20 @@ def record_job(run_dir: Path, record: Path, job: BudgetJob, wall_s: float | None
     write_curves(curves, target / "curves.csv")
     if wall_s is not None:
         metrics = layout.read_status(target) or {}
-        metrics["wall_s"] = metrics.get("wall_s", 0.0) + wall_s
+        metrics["wall_s"] = metrics.get("wall_s", 0.0) + wall_s + interrupted_wall(run_dir)
         layout.metrics_file(target).write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return target
+
+
+def interrupted_wall(run_dir: Path) -> float:
+    """Seconds the interrupted attempts of ``run_dir``'s job ran (0 if none)."""
+    path = run_dir / INTERRUPTED_WALL
+    return float(path.read_text()) if path.is_file() else 0.0
+
+
+def add_interrupted_wall(run_dir: Path, wall_s: float) -> None:
+    """Count an interrupted attempt of ``wall_s`` seconds in ``run_dir``."""
+    (run_dir / INTERRUPTED_WALL).write_text(f"{interrupted_wall(run_dir) + wall_s:.1f}\n")
 
 
 def parked_dir(record: Path, job: BudgetJob) -> Path:

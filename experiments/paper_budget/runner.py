@@ -15,6 +15,7 @@ from experiments import timing
 from experiments.logged_run import run_logged
 from experiments.paper_budget.plan import BudgetJob, job_estimate_s
 from experiments.paper_budget.records import (
+    add_interrupted_wall,
     is_recorded,
     park,
     parked_dir,
@@ -122,6 +123,8 @@ def run(
             code = run_logged(command, out / f"{job.name}.log", env)
             wall_s = time.monotonic() - started
             if code in INTERRUPTED_EXIT:
+                if run_dir.is_dir():
+                    add_interrupted_wall(run_dir, wall_s)
                 parked = park(run_dir, record, job)
                 print(
                     f"[paper_budget] {job.name} interrupted (exit {code}); continue with --resume"

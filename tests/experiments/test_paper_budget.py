@@ -120,6 +120,21 @@ def test_an_interrupted_job_is_parked_and_a_fresh_clone_continues_it(tmp_path: P
     assert not records.unpark(record, job, fresh)  # an existing run directory is kept
 
 
+def test_a_resumed_jobs_wall_time_counts_its_interrupted_attempts(tmp_path: Path) -> None:
+    job = BudgetJob("mhs_hug", 2, 0)
+    record, run_dir = tmp_path / "record", tmp_path / "runs" / job.name
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"last")
+    records.add_interrupted_wall(run_dir, 600.0)
+    records.add_interrupted_wall(run_dir, 60.5)
+    parked = records.park(run_dir, record, job)
+    fresh = tmp_path / "clone" / job.name
+    assert parked is not None and records.unpark(record, job, fresh)
+    (fresh / "metrics.json").write_text(json.dumps({"status": "completed", "test/acc": 0.9}))
+    target = records.record_job(fresh, record, job, wall_s=100.0)
+    assert json.loads((target / "metrics.json").read_text())["wall_s"] == pytest.approx(760.5)
+
+
 def test_curves_merge_the_csv_versions_of_a_resumed_run(tmp_path: Path) -> None:
     first = tmp_path / "csv" / "version_0"
     second = tmp_path / "csv" / "version_1"
