@@ -58,15 +58,18 @@ def write_summary(record: Path) -> list[Path]:
             if not group:
                 continue
             metrics = [layout.read_status(record / j.name) or {} for j in group]
-            finals = [_final(record / j.name / "dynamics_history.json") for j in group]
+            histories = [_history(record, j) for j in group]
+            finals = [_final(history) for history in histories]
             curves = [read_curves(record / j.name / "curves.csv") for j in group]
             train_acc = [c[-1]["train/acc"] for c in curves if c and "train/acc" in c[-1]]
             steps = [int(c[-1]["step"]) for c in curves if c]
+            label = LOSS_LABELS[loss]
             if group[0].deviation:
-                notes.append(_deviation_note(len(notes) + 1, group, record))
+                notes.append(_deviation_note(len(notes) + 1, group, histories))
+                label += f" ({len(notes)})"
             rows.append(
                 [
-                    LOSS_LABELS[loss] + (f" ({len(notes)})" if group[0].deviation else ""),
+                    label,
                     str(dim),
                     ",".join(str(j.seed) for j in group),
                     str(max(steps)) if steps else "-",
@@ -111,14 +114,14 @@ def write_summary(record: Path) -> list[Path]:
     return paths
 
 
-def _deviation_note(number: int, group: Sequence[BudgetJob], record: Path) -> str:
+def _deviation_note(
+    number: int, group: Sequence[BudgetJob], histories: Sequence[list[dict[str, float]]]
+) -> str:
     """The footnote of a row whose jobs ran with :data:`plan.DEVIATIONS`: the overrides and how
     often gradient clipping bound (mean over the epochs of ``dynamics/clipped_fraction``)."""
     overrides = " ".join(f"`{o}`" for o in group[0].deviation)
     clipped = []
-    for job in group:
-        path = record / job.name / "dynamics_history.json"
-        history = json.loads(path.read_text()) if path.is_file() else []
+    for job, history in zip(group, histories, strict=True):
         fractions = [
             e["clipped_fraction"] for e in history if e.get("clipped_fraction") is not None
         ]
@@ -134,8 +137,13 @@ def _deviation_note(number: int, group: Sequence[BudgetJob], record: Path) -> st
     )
 
 
-def _final(path: Path) -> dict[str, float]:
-    history = json.loads(path.read_text()) if path.is_file() else []
+def _history(record: Path, job: BudgetJob) -> list[dict[str, float]]:
+    """``job``'s recorded ``dynamics_history.json`` ([] if missing)."""
+    path = record / job.name / "dynamics_history.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _final(history: list[dict[str, float]]) -> dict[str, float]:
     return {k: v for k, v in (history[-1] if history else {}).items() if v is not None}
 
 
@@ -175,11 +183,11 @@ def _budget_curve(record: Path, jobs: Sequence[BudgetJob]) -> Path:
 
 
 def _dynamics_by_loss(record: Path, jobs: Sequence[BudgetJob]) -> Path:
-    histories = {}
-    for job in jobs:
-        path = record / job.name / "dynamics_history.json"
-        if job.seed == 0 and path.is_file():
-            histories[f"{job.label} d={job.feature_dim}"] = json.loads(path.read_text())
+    histories: dict[str, Sequence[dict[str, float]]] = {
+        f"{job.label} d={job.feature_dim}": history
+        for job in jobs
+        if job.seed == 0 and (history := _history(record, job))
+    }
     fig = dynamics_curves_figure(histories, "training dynamics by loss (seed 0)")
     path = record / "dynamics_by_loss.png"
     fig.savefig(path, dpi=100)

@@ -64,7 +64,8 @@ def test_only_ce_at_d2_clips_and_its_row_says_how_often_clipping_bound(
         ]
         (target / "dynamics_history.json").write_text(json.dumps(history))
         records.write_curves([{"epoch": 0, "step": 10, "train/acc": 0.5}], target / "curves.csv")
-    table = (tmp_path / "README.md").read_text() if budget_table.write_summary(tmp_path) else ""
+    budget_table.write_summary(tmp_path)
+    table = (tmp_path / "README.md").read_text()
     assert "| CE (1) | 2 | 0 |" in table and "| MHE-HUG | 2 | 0 |" in table
     assert "(1) Beyond the protocol" in table and "`+trainer.gradient_clip_val=5.0`" in table
     assert "seed 0: clipped 20.0% of steps (50.0% in epoch 0)" in table
