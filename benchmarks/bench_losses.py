@@ -98,11 +98,23 @@ def loop_hug_loss(
 # ---------------------------------------------------------------------------------------------
 
 
-def _time_ms(fn: Callable[[], object], min_run_time: float) -> float:
+def _time_ms(fn: Callable[[], object], min_run_time: float, warm_up: bool = True) -> float:
     """Median wall time of ``fn()`` in ms, with the default (not Timer's 1) thread count."""
-    fn()  # warm-up
+    if warm_up:
+        fn()
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def _interleaved_ms(fns: tuple[Callable[[], object], ...], min_run_time: float) -> list[float]:
+    """Median wall time in ms of each of ``fns``, timed in interleaved rounds so that a slow spell
+    of the machine (other processes, page faults) hits all of them alike."""
+    rounds = 5
+    times: list[list[float]] = [[] for _ in fns]
+    for round_number in range(rounds):
+        for fn, fn_times in zip(fns, times, strict=True):
+            fn_times.append(_time_ms(fn, min_run_time / rounds, warm_up=round_number == 0))
+    return [statistics.median(fn_times) for fn_times in times]
 
 
 def _gram_floor(proxies: Tensor) -> Tensor:
@@ -150,7 +162,8 @@ def bench_loss_table(
     device: str = "cpu",
 ) -> list[Row]:
     """Time hugnc, the per-class loop and the Gram floor (fwd+bwd, float32 on ``device``) side
-    by side (Timer synchronizes CUDA around each measurement)."""
+    by side (Timer synchronizes CUDA around each measurement); hugnc and the floor, whose ratio
+    is a goal, interleaved."""
     rows = []
     for num in num_classes:
         gen = torch.Generator().manual_seed(seed + num)
@@ -160,7 +173,7 @@ def bench_loss_table(
         proxies.requires_grad_()
         targets = torch.randint(0, num, (batch_size,), generator=gen).to(device)
 
-        floor_ms = _time_ms(_fwd_bwd(partial(_gram_floor, proxies), (proxies,)), min_run_time)
+        floor = _fwd_bwd(partial(_gram_floor, proxies), (proxies,))
         for variant in variants:
             alpha, beta = PAPER_WEIGHTS[variant]
             criterion = HUGLoss(variant, alpha=alpha, beta=beta)
@@ -172,11 +185,12 @@ def bench_loss_table(
             inputs = (features, proxies)
             hugnc = _fwd_bwd(partial(_hugnc_loss, criterion, *args), inputs)
             loop = _fwd_bwd(partial(_loop_loss, variant, *args, alpha, beta), inputs)
+            hugnc_ms, floor_ms = _interleaved_ms((hugnc, floor), min_run_time)
             rows.append(
                 Row(
                     num_classes=num,
                     variant=variant,
-                    hugnc_ms=_time_ms(hugnc, min_run_time),
+                    hugnc_ms=hugnc_ms,
                     loop_ms=_time_ms(loop, min_run_time),
                     floor_ms=floor_ms,
                     max_abs_diff=diff,

@@ -1,5 +1,6 @@
-"""MGD's log-determinant: Cholesky on the CPU, LU where Cholesky fails or on accelerators; the
-same values and gradients as ``torch.linalg.slogdet`` (LU, the official code's route)."""
+"""MGD's log-determinant (fused kernel, factorization and backward): Cholesky on the CPU, LU where
+Cholesky fails or on accelerators; the same values and gradients as autograd through the naive
+kernel and ``torch.linalg.slogdet`` (LU, the official code's route)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import pytest
 import torch
 
 from hugnc import devices
-from hugnc.losses import gaussian_gram_logdet
-from hugnc.losses import uniformity as uniformity_module
-from hugnc.losses.uniformity import GRAM_RIDGE, pairwise_sq_distances, spd_logdet
+from hugnc.losses import gaussian_gram_logdet, uniformity
+from hugnc.losses.uniformity import GRAM_RIDGE, pairwise_sq_distances
 
 
 def _lu_gaussian_gram_logdet(vectors: torch.Tensor) -> torch.Tensor:
@@ -35,11 +35,30 @@ def test_cholesky_matches_lu_values_and_gradients(num: int, dim: int) -> None:
     torch.testing.assert_close(grad32.double(), reference_grad, rtol=1e-3, atol=1e-5)
 
 
-def test_gradcheck_of_the_cholesky_route() -> None:
+@pytest.mark.parametrize("cholesky", [True, False], ids=["cholesky", "lu"])
+def test_gradcheck_of_both_routes(cholesky: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devices, "host_reads_are_free", lambda device: cholesky)
     torch.manual_seed(0)
-    matrix = torch.randn(6, 6, dtype=torch.float64)
-    matrix = (matrix @ matrix.T + 6 * torch.eye(6)).requires_grad_()
-    assert torch.autograd.gradcheck(lambda m: spd_logdet((m + m.T) / 2), (matrix,))
+    vectors = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gaussian_gram_logdet, (vectors,))
+
+
+def test_distances_at_the_clamp_bounds_have_the_reference_gradient() -> None:
+    """Coincident and antipodal rows put distances at (or by rounding past) the clamp's bounds,
+    where the reference's gradient is zero and the fused backward's is radial, which the
+    normalization's backward removes: the same gradient."""
+    torch.manual_seed(3)
+    base = torch.randn(4, 5, dtype=torch.float64)
+    rows = torch.cat([base, base[:1], -base[1:2], 3.0 * base[2:3]])  # same, opposite, scaled
+    sq_distances = 2.0 - 2.0 * uniformity._cosine_gram(rows)
+    assert ((sq_distances < 0) | (sq_distances > 4)).any()  # the clamp acts in this case
+    proxies = rows.requires_grad_()
+    value = gaussian_gram_logdet(proxies)
+    (grad,) = torch.autograd.grad(value, proxies)
+    reference = _lu_gaussian_gram_logdet(proxies)
+    (reference_grad,) = torch.autograd.grad(reference, proxies)
+    torch.testing.assert_close(value, reference)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-6, atol=1e-6)
 
 
 def test_numerically_singular_gram_falls_back_to_lu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,14 +69,10 @@ def test_numerically_singular_gram_falls_back_to_lu(monkeypatch: pytest.MonkeyPa
     proxies = (base + 1e-4 * torch.randn(300, 3)).requires_grad_()
     gram = torch.exp(-pairwise_sq_distances(proxies)) + GRAM_RIDGE * torch.eye(300)
     assert torch.linalg.cholesky_ex(gram.detach()).info.item() != 0  # the case exists
-    factorizations = []
     monkeypatch.setattr(
-        uniformity_module,
-        "_CholeskyLogdet",
-        type("Spy", (), {"apply": staticmethod(lambda *a: factorizations.append(a))}),
+        torch, "cholesky_inverse", lambda *a: pytest.fail("the failed Cholesky factor was used")
     )
     value = gaussian_gram_logdet(proxies)
-    assert factorizations == []
     torch.testing.assert_close(value, _lu_gaussian_gram_logdet(proxies))
     (grad,) = torch.autograd.grad(value, proxies)
     assert torch.isfinite(grad).all()
@@ -73,4 +88,8 @@ def test_accelerator_tensors_never_read_the_factorization_status(
     )
     proxies = torch.randn(50, 8, requires_grad=True)
     value = gaussian_gram_logdet(proxies)
-    torch.testing.assert_close(value, _lu_gaussian_gram_logdet(proxies))
+    reference = _lu_gaussian_gram_logdet(proxies)
+    torch.testing.assert_close(value, reference)
+    torch.testing.assert_close(
+        torch.autograd.grad(value, proxies)[0], torch.autograd.grad(reference, proxies)[0]
+    )

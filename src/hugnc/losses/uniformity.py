@@ -130,37 +130,59 @@ def min_pairwise_sq_distance(vectors: Tensor) -> Tensor:
     return pairwise_sq_distances(vectors).fill_diagonal_(float("inf")).min()
 
 
-class _CholeskyLogdet(torch.autograd.Function):
-    """``logdet(A)`` of a symmetric positive definite ``A`` from its Cholesky factor ``L``.
+def _factorize_spd(matrix: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``log det`` of a symmetric positive definite ``[K, K]`` matrix and its factors.
 
-    The gradient is ``A^{-1}`` (symmetric), from ``cholesky_inverse(L)``: one factorization and one
-    inverse, where autograd through LU's ``slogdet`` solves against the identity with LU factors.
-    """
-
-    @staticmethod
-    def forward(ctx, matrix: Tensor, factor: Tensor) -> Tensor:
-        ctx.save_for_backward(factor)
-        return 2.0 * factor.diagonal().log().sum()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        (factor,) = ctx.saved_tensors
-        return grad * torch.cholesky_inverse(factor), None
-
-
-def spd_logdet(matrix: Tensor) -> Tensor:
-    """``log det`` of a symmetric positive definite ``[K, K]`` matrix, differentiable.
-
-    Cholesky where its success can be read for free (CPU tensors); LU's ``slogdet`` where the
-    factorization fails (numerically singular in float32: near-coincident rows) and on
-    accelerators, where reading Cholesky's status would make the host wait for the device at every
-    step. Same values either way up to float32 rounding.
+    Cholesky where its success can be read for free (CPU tensors); LU where the factorization fails
+    (numerically singular in float32: near-coincident rows) and on accelerators, where reading
+    Cholesky's status would make the host wait for the device at every step. Same values either
+    way up to float32 rounding. The factors are ``(L,)`` or ``(LU, pivots)``.
     """
     if devices.host_reads_are_free(matrix.device):
-        factor, info = torch.linalg.cholesky_ex(matrix.detach())
+        factor, info = torch.linalg.cholesky_ex(matrix)
         if int(info) == 0:
-            return _CholeskyLogdet.apply(matrix, factor)
-    return torch.linalg.slogdet(matrix).logabsdet
+            return 2.0 * factor.diagonal().log().sum(), (factor,)
+    lu, pivots, _ = torch.linalg.lu_factor_ex(matrix)
+    return lu.diagonal().abs().log().sum(), (lu, pivots)
+
+
+def _inverse(factors: tuple[Tensor, ...]) -> Tensor:
+    """The inverse of the matrix :func:`_factorize_spd` factored."""
+    if len(factors) == 1:
+        return torch.cholesky_inverse(factors[0])
+    lu, pivots = factors
+    return torch.linalg.lu_solve(lu, pivots, torch.eye(len(lu), dtype=lu.dtype, device=lu.device))
+
+
+class _GaussianGramLogdet(torch.autograd.Function):
+    """``logdet(E + ridge * I)``, ``E_ij = exp(-||u_i - u_j||^2)``, of unit rows ``[K, d]``.
+
+    Fused because at large K the [K, K] elementwise steps and their autograd temporaries cost as
+    much as the factorization: ``E = exp(clamp(2 cos - 2, -4, 0))`` is built in place on the Gram
+    (the same floats as ``exp(-clamp(2 - 2 cos, 0, 4))``), and the backward is one inverse and one
+    matmul, ``d logdet / d unit = 4 ((E + ridge I)^{-1} * E) @ unit``. It ignores the clamp: its
+    bounds are reached only by rounding, where ``u_j = +-u_i`` and the pair's gradient is radial,
+    which the normalization's backward removes.
+    """
+
+    @staticmethod
+    def forward(ctx, unit: Tensor) -> Tensor:
+        with full_float32_matmul():
+            exponent = unit @ unit.mT
+        kernel = exponent.mul_(2.0).sub_(2.0).clamp_(-4.0, 0.0).exp_()
+        diagonal = kernel.diagonal()
+        diagonal.add_(GRAM_RIDGE)
+        logdet, factors = _factorize_spd(kernel)
+        diagonal.sub_(GRAM_RIDGE)
+        ctx.save_for_backward(unit, kernel, *factors)
+        return logdet
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        unit, kernel, *factors = ctx.saved_tensors
+        weights = _inverse(tuple(factors)).mul_(kernel)
+        with torch.autocast(device_type=unit.device.type, enabled=False), full_float32_matmul():
+            return (weights @ unit).mul_(4.0 * grad)
 
 
 def gaussian_gram_logdet(vectors: Tensor) -> Tensor:
@@ -172,10 +194,9 @@ def gaussian_gram_logdet(vectors: Tensor) -> Tensor:
     Returns:
         Scalar tensor, <= 0 (G has unit diagonal, so det <= 1); larger means more uniform.
     """
-    num = vectors.shape[0]
-    gram = torch.exp(-pairwise_sq_distances(vectors))
-    ridge = GRAM_RIDGE * torch.eye(num, dtype=gram.dtype, device=gram.device)
-    return spd_logdet(gram + ridge)
+    unit = unit_vectors(vectors)
+    with torch.autocast(device_type=unit.device.type, enabled=False):
+        return _GaussianGramLogdet.apply(unit)
 
 
 def pairwise_log_kernel_variance(vectors: Tensor) -> Tensor:
