@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hugnc-installed
 DEBIAN_FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test install fashion-mnist lint bench clean-logs gpu-check
+.PHONY: demo test install fashion-mnist lint bench clean-logs gpu-check gpu-carry
 
 install: $(STAMP)
 
@@ -54,6 +54,32 @@ bench: install
 GPU_CHECK_ARGS ?=
 gpu-check: install fashion-mnist
 	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+# On a lent GPU machine that has torch and lightning but no package index: `make gpu-carry` here
+# puts the wheels it lacks (at this .venv's versions, for its python GPU_CARRY_PYTHON) and
+# Fashion-MNIST's .gz files in .gpu_carry/ (git-ignored, ~3 MB of wheels); carried there,
+# benchmarks/gpu_machine.sh installs them and runs the check (README "GPU check").
+GPU_CARRY := hydra-core omegaconf antlr4-python3-runtime pydantic pydantic-core annotated-types \
+	typing-inspection typing-extensions
+GPU_CARRY_PYTHON ?= 3.12
+gpu-carry: install fashion-mnist
+	rm -rf .gpu_carry && mkdir -p .gpu_carry/wheels .gpu_carry/fashion-mnist
+	@for name in $(GPU_CARRY); do \
+		pin="$$name==$$($(BIN)/python -c "import importlib.metadata as m; print(m.version('$$name'))")"; \
+		$(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d .gpu_carry/wheels \
+			--python-version $(GPU_CARRY_PYTHON) --implementation cp --platform manylinux_2_28_x86_64 \
+			--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "$$pin" 2>/dev/null \
+		|| $(BIN)/python -m pip wheel -q --no-deps -w .gpu_carry/wheels "$$pin" \
+		|| { echo "gpu-carry: no wheel of $$pin for python $(GPU_CARRY_PYTHON)"; exit 1; }; \
+	done
+# pip wheel (the fallback, for sdist-only packages) builds for this python: only pure ones may pass.
+	@if ls .gpu_carry/wheels | grep -v -e '-none-any\.whl$$' -e '-cp$(subst .,,$(GPU_CARRY_PYTHON))-'; then \
+		echo "gpu-carry: the wheels above are not for python $(GPU_CARRY_PYTHON)"; exit 1; fi
+	@for name in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do \
+		if [ -f $(DEBIAN_FASHION_MNIST)/$$name.gz ]; then cp $(DEBIAN_FASHION_MNIST)/$$name.gz .gpu_carry/fashion-mnist/; \
+		else gzip -c data/FashionMNIST/raw/$$name > .gpu_carry/fashion-mnist/$$name.gz; fi; \
+	done
+	@ls .gpu_carry/wheels && du -sh .gpu_carry
 
 # The README's Fashion-MNIST results table (~90 min on 2 CPU cores), in the background; not part of
 # `make test`. The pipeline is experiments/ (not installed; run from the repository root). A new

@@ -75,6 +75,7 @@ from hugnc.data import (
     InMemoryImageDataModule,
     ensure_fashion_mnist,
 )
+from hugnc.data.fashion_mnist import DEBIAN_DIR
 from hugnc.data.synthetic import write_cifar, write_mnist
 from hugnc.host_memory import retain_freed_host_memory
 from hugnc.train import build_module
@@ -183,12 +184,12 @@ def speed_overrides(cfg: DictConfig, fast: bool) -> tuple[list[str], str]:
     return overrides, "no channels_last key in conf/train.yaml: bf16-mixed only" if fast else ""
 
 
-def prepare_data(root: Path, images_needed: int) -> str:
-    """Fashion-MNIST (real if Debian's or a local copy exists, else a fixture) and a CIFAR-10
-    fixture of at least ``images_needed`` training images, under ``root``; returns what
-    Fashion-MNIST is."""
+def prepare_data(root: Path, images_needed: int, debian_dir: Path = Path(DEBIAN_DIR)) -> str:
+    """Fashion-MNIST (real if a local copy or Debian's ``.gz`` files in ``debian_dir`` exist, else
+    a fixture) and a CIFAR-10 fixture of at least ``images_needed`` training images, under
+    ``root``; returns what Fashion-MNIST is."""
     try:
-        ensure_fashion_mnist(root, download=False)
+        ensure_fashion_mnist(root, debian_dir, download=False)
         fashion = "Fashion-MNIST (real, 55k train)"
     except DatasetUnavailableError:  # no local copy: a fixture in the same format
         write_mnist(root / "FashionMNIST" / "raw", num_train=60000, num_test=1000)

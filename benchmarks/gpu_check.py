@@ -1,6 +1,7 @@
 """`make gpu-check`: the GPU paths no CPU test can measure, in one table (a few minutes on a GPU).
 
-Sections, each measured on ``--device`` (default: cuda if available):
+Sections, each measured on ``--device`` (default: cuda if available), cheapest first so that a run
+cut short by ``--budget-s`` (or by a lent machine's time limit) still reports the others:
 
 1. host syncs per training step of a real fit with the GPU trainer's defaults (``trainer=gpu``:
    bf16-mixed, channels_last, on-device data, progress bar on): on CUDA counted by
@@ -9,22 +10,27 @@ Sections, each measured on ``--device`` (default: cuda if available):
    ``log_every_n_steps``, the NaN guard and the progress bar every 50) are reported apart.
 2. TF32 vs float32: cosine between the proxy gradients of each HUG variant at d = 2, K = 10
    under ``matmul_precision`` high and highest (CUDA only: the CPU has no TF32).
-3. steady-state img/s of a training step: CIFAR ResNet-18, batch 512, bf16-mixed, channels_last,
-   CE and each HUG head, DataLoader vs on-device data, compile off/on.
-4. the loss benchmark (hugnc vs a per-class loop vs the Gram floor) at K = 10, 100, 1000.
-5. one epoch of ``experiment=quickstart`` with the device's trainer, end to end.
+3. the loss benchmark (hugnc vs a per-class loop vs the Gram floor) at K = 10, 100, 1000.
+4. one epoch of ``experiment=quickstart`` with the device's trainer, end to end.
+5. steady-state img/s of a training step: CIFAR ResNet-18, batch 512, bf16-mixed, channels_last,
+   CE and each HUG head, DataLoader vs on-device data.
+6. the same with ``compile=true`` (its compilations dominate the check's time; not in ``--quick``).
 
-Data: real Fashion-MNIST where the machine has it (Debian's package or ``--data``), else a
-fixture in its format; CIFAR-shaped synthetic tensors. ``--quick`` shrinks every section (the
-test suite's smoke run on the CPU).
+Data: real Fashion-MNIST where the machine has it (Debian's package, ``--data``, or ``.gz`` files
+in ``--fashion-mnist-gz``), else a fixture in its format; CIFAR-shaped synthetic tensors.
+``--quick`` shrinks every section (the test suite's smoke run on the CPU). On a lent machine
+without a package index: ``benchmarks/gpu_machine.sh`` (README, "GPU check").
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -37,6 +43,7 @@ import bench_losses
 import bench_training
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from hugnc.data.fashion_mnist import DEBIAN_DIR
 from hugnc.losses import VARIANTS, HUGLoss
 from hugnc.train import train
 
@@ -94,10 +101,11 @@ def check_syncs(device: torch.device, data_dir: Path, steps: int) -> str:
     ]
     cfg = bench_training.compose_config(overrides)
     counter = None if device.type == "cuda" else _AtenReads()
+    from hugnc import devices
+
+    reads_are_free = devices.host_reads_are_free
     if counter is not None:
         # The NaN guard and MGD's Cholesky read on the CPU (free there); count accelerator modes.
-        from hugnc import devices
-
         devices.host_reads_are_free = lambda device: False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -105,12 +113,10 @@ def check_syncs(device: torch.device, data_dir: Path, steps: int) -> str:
         if device.type == "cuda":
             torch.cuda.set_sync_debug_mode("warn")
         try:
-            if counter is not None:
-                with counter:
-                    train(cfg, extra_callbacks=[probe])
-            else:
+            with counter if counter is not None else contextlib.nullcontext():
                 train(cfg, extra_callbacks=[probe])
         finally:
+            devices.host_reads_are_free = reads_are_free
             if device.type == "cuda":
                 torch.cuda.set_sync_debug_mode(0)
     documented = {s for s in probe.per_step if s % LOG_EVERY == 0 or s % READ_EVERY == 0}
@@ -151,40 +157,55 @@ def check_tf32(device: torch.device) -> list[str]:
     return lines
 
 
-def check_throughput(device: torch.device, data_dir: Path, quick: bool) -> list[str]:
+class Deadline:
+    """The time left of the check's budget (``None``: no budget)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.end = math.inf if seconds is None else time.perf_counter() + seconds
+
+    def passed(self) -> bool:
+        return time.perf_counter() >= self.end
+
+
+def check_throughput(
+    device: torch.device, data_dir: Path, quick: bool, deadline: Deadline, *, compiled: bool
+) -> list[str]:
     batch, warmup, steps = (16, 1, 2) if quick else (512, 10, 30)
     model = "lenet_pp" if quick else "resnet18"
     trainer = "gpu" if device.type == "cuda" else "cpu"
-    lines = [f"training step img/s, {model}, CIFAR-shaped, batch {batch}, {trainer} trainer:"]
+    lines = [
+        f"training step img/s, {model}{', compiled' if compiled else ''}, CIFAR-shaped, "
+        f"batch {batch}, {trainer} trainer:"
+    ]
     for loss in ("ce", *(f"{v}_hug" for v in VARIANTS)):
         cells = []
         for on_device in (False, True):
-            for compiled in (False, True):
-                if quick and compiled:
-                    continue
-                cfg = bench_training.compose_config(
-                    [
-                        "data=cifar10",
-                        f"model={model}",
-                        f"loss={loss}",
-                        f"trainer={trainer}",
-                        "logger=none",
-                        "scheduler=none",
-                        f"paths.data_dir={data_dir}",
-                        f"paths.output_dir={data_dir / 'bench-run'}",
-                        "data.download=false",
-                        f"data.batch_size={batch}",
-                        f"data.on_device={str(on_device).lower()}",
-                        "trainer.precision=bf16-mixed",
-                        "channels_last=true",
-                        f"compile={str(compiled).lower()}",
-                    ]
-                )
-                timing = bench_training.time_lightning(cfg, warmup, steps)
-                name = ("on-device" if on_device else "DataLoader") + (
-                    ", compiled" if compiled else ""
-                )
-                cells.append(f"{name} {timing.images_per_s:,.0f}")
+            name = "on-device" if on_device else "DataLoader"
+            if deadline.passed():
+                cells.append(f"{name} skipped (time budget)")
+                continue
+            cfg = bench_training.compose_config(
+                [
+                    "data=cifar10",
+                    f"model={model}",
+                    f"loss={loss}",
+                    f"trainer={trainer}",
+                    "logger=none",
+                    "scheduler=none",
+                    f"paths.data_dir={data_dir}",
+                    f"paths.output_dir={data_dir / 'bench-run'}",
+                    "data.download=false",
+                    f"data.batch_size={batch}",
+                    f"data.on_device={str(on_device).lower()}",
+                    "trainer.precision=bf16-mixed",
+                    "channels_last=true",
+                    f"compile={str(compiled).lower()}",
+                ]
+            )
+            # As train() sets it: a run's float32 matmuls (outside autocast) may use TF32.
+            torch.set_float32_matmul_precision(cfg.matmul_precision)
+            timing = bench_training.time_lightning(cfg, warmup, steps)
+            cells.append(f"{name} {timing.images_per_s:,.0f}")
         lines.append(f"  {loss:<8} " + " | ".join(cells))
     return lines
 
@@ -229,8 +250,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     parser.add_argument("--data", type=Path, help="data dir (default: a temporary one)")
+    parser.add_argument(
+        "--fashion-mnist-gz",
+        type=Path,
+        default=Path(DEBIAN_DIR),
+        help=f"where Fashion-MNIST's four .gz files are (default: Debian's {DEBIAN_DIR})",
+    )
+    parser.add_argument(
+        "--table", type=Path, help="also append the table (without the runs' logs) to this file"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        help="seconds after which the measurements not yet started are skipped (default: none)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    deadline = Deadline(args.budget_s)
     # The CIFAR-shaped data is a fixture in torchvision's format, not the real archive: only
     # torchvision's md5 check is skipped (as in bench_training.py).
     import os
@@ -239,22 +275,47 @@ def main(argv: list[str] | None = None) -> int:
 
     tv_cifar.check_integrity = lambda fpath, md5=None: os.path.isfile(fpath)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
+    table = open(args.table, "a") if args.table else contextlib.nullcontext()  # noqa: SIM115
+
+    def report(line: str) -> None:
+        print(line, flush=True)
+        if args.table:
+            print(line, file=table, flush=True)
+
+    with table, tempfile.TemporaryDirectory() as scratch:
         data_dir = args.data or Path(scratch)
-        fashion = bench_training.prepare_data(data_dir, 512 * 40)
-        print(f"# hugnc GPU check: {bench_training.machine_info(device)}; {fashion}", flush=True)
+        fashion = bench_training.prepare_data(data_dir, 512 * 40, args.fashion_mnist_gz)
+        report(f"# hugnc GPU check: {bench_training.machine_info(device)}; {fashion}")
         sections = [
             lambda: [check_syncs(device, data_dir, 12 if args.quick else 120)],
             lambda: check_tf32(device),
-            lambda: check_throughput(device, data_dir, args.quick),
             lambda: [check_losses(device, args.quick)],
             lambda: [check_quickstart(device, data_dir, args.quick)],
+            lambda: check_throughput(device, data_dir, args.quick, deadline, compiled=False),
+            lambda: (
+                ["compiled training steps: not measured with --quick"]
+                if args.quick
+                else check_throughput(device, data_dir, False, deadline, compiled=True)
+            ),
         ]
+        failed = []
         for number, section in enumerate(sections, start=1):
-            for line in section():
-                print(f"{number}. {line}" if not line.startswith(" ") else line, flush=True)
-    print(f"# done in {time.perf_counter() - started:.0f} s")
-    return 0
+            if deadline.passed():
+                report(f"{number}. skipped (--budget-s {args.budget_s:g} s spent)")
+                continue
+            section_start = time.perf_counter()
+            try:
+                lines = section()
+            except Exception as error:  # one run on a lent machine: report it, measure the rest
+                traceback.print_exc()
+                reason = str(error).splitlines()[0] if str(error) else ""
+                lines = [f"FAILED ({type(error).__name__}: {reason}; traceback in the log)"]
+                failed.append(number)
+            for line in lines:
+                report(f"{number}. {line}" if not line.startswith(" ") else line)
+            report(f"   ({time.perf_counter() - section_start:.0f} s)")
+        report(f"# done in {time.perf_counter() - started:.0f} s")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -58,8 +58,63 @@ def test_gpu_check_smoke_runs_on_the_cpu() -> None:
     assert "2. TF32 vs float32" in out
     for loss in ("ce", "mhe_hug", "mhs_hug", "mgd_hug"):
         assert f"  {loss} " in out
-    assert "4. HUG loss fwd+bwd, cpu float32" in out
-    assert "5. experiment=quickstart trainer=cpu, 1 epoch end to end: test acc" in out
+    assert "3. HUG loss fwd+bwd, cpu float32" in out
+    assert "4. experiment=quickstart trainer=cpu, 1 epoch end to end: test acc" in out
+    assert "5. training step img/s" in out and "6. compiled training steps: not measured" in out
+    assert "FAILED" not in out and "skipped" not in out
+
+
+def test_gpu_check_budget_skips_what_is_not_started_and_writes_the_table(tmp_path: Path) -> None:
+    """A spent --budget-s skips every section (the table still comes back, exit 0), and --table
+    appends the table's lines without the runs' output."""
+    table = tmp_path / "gpu_check.txt"
+    table.write_text("# header\n")
+    done = run_benchmark(
+        "gpu_check.py",
+        "--device",
+        "cpu",
+        "--quick",
+        "--budget-s",
+        "0",
+        "--table",
+        str(table),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = table.read_text().splitlines()
+    assert lines[0] == "# header" and lines[1].startswith("# hugnc GPU check: ")
+    skipped = [line for line in lines if line.endswith("skipped (--budget-s 0 s spent)")]
+    assert [line.split(".")[0] for line in skipped] == ["1", "2", "3", "4", "5", "6"]
+    assert lines[-1].startswith("# done in ")
+
+
+def test_gpu_check_reports_a_failing_section_and_measures_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One failing section is a FAILED row with its first line (exit 1); the others still run."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_check
+
+    def broken(*args: object) -> list[str]:
+        raise RuntimeError("no TF32 here\nsecond line")
+
+    monkeypatch.setattr(gpu_check, "check_syncs", lambda *a: "syncs measured")
+    monkeypatch.setattr(gpu_check, "check_tf32", broken)
+    monkeypatch.setattr(gpu_check, "check_losses", lambda *a: "losses measured")
+    monkeypatch.setattr(gpu_check, "check_quickstart", lambda *a: "quickstart measured")
+    monkeypatch.setattr(gpu_check, "check_throughput", lambda *a, **k: ["img/s measured"])
+    table = tmp_path / "table.txt"
+    arguments = ["--device", "cpu", "--data", str(tmp_path / "data"), "--table", str(table)]
+    assert gpu_check.main(arguments) == 1
+    lines = table.read_text().splitlines()
+    assert "2. FAILED (RuntimeError: no TF32 here; traceback in the log)" in lines
+    assert [line for line in lines if line.endswith("measured")] == [
+        "1. syncs measured",
+        "3. losses measured",
+        "4. quickstart measured",
+        "5. img/s measured",
+        "6. img/s measured",
+    ]
 
 
 @pytest.mark.slow
