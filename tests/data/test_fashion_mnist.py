@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pytest
@@ -62,6 +65,34 @@ def test_existing_raw_files_are_kept(tmp_path: Path) -> None:
     _write_idx_gz(debian, num_images=20, seed=1)  # a different source must not overwrite
     ensure_fashion_mnist(tmp_path / "data", debian, download=False)
     assert (raw / RAW_FILES[0]).stat().st_mtime_ns == marker
+
+
+def test_jobs_preparing_one_fresh_data_dir_side_by_side_both_succeed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sweep jobs started together (Ray, SLURM) gunzip the same files at once: a job that
+    finishes first must not move away the other's half-written file."""
+    debian = tmp_path / "debian"
+    _write_idx_gz(debian, num_images=40, seed=0)
+    root = tmp_path / "data"
+    copy = shutil.copyfileobj
+    other_job_done = []
+
+    def copy_while_another_job_prepares(source: BinaryIO, target: BinaryIO) -> None:
+        copy(source, target)
+        if not other_job_done:  # mid-write of the first file: the other job runs to the end
+            other_job_done.append(True)
+            with monkeypatch.context() as other_process:
+                other_process.setattr(os, "getpid", lambda: os.getppid())
+                ensure_fashion_mnist(root, debian, download=False)
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_while_another_job_prepares)
+    raw = ensure_fashion_mnist(root, debian, download=False)
+    assert other_job_done
+    assert sorted(p.name for p in raw.iterdir()) == sorted(RAW_FILES)  # no staging file left
+    for name in RAW_FILES:
+        with gzip.open(debian / f"{name}.gz", "rb") as source:
+            assert (raw / name).read_bytes() == source.read()
 
 
 def test_missing_everywhere_is_one_clear_error(tmp_path: Path) -> None:

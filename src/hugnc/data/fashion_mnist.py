@@ -23,6 +23,7 @@ from hugnc.data.mnist import (
     idx_files_present,
     idx_shape,
     read_idx_dataset,
+    staging_path,
 )
 
 RAW_FILES = IDX_FILES
@@ -45,7 +46,7 @@ def _gunzip_idx(source: Path, target: Path) -> None:
     Raises:
         DataCorruptError: naming ``source`` if it is truncated, not gzip, or not an idx file.
     """
-    partial = target.with_suffix(".partial")
+    partial = staging_path(target)
     try:
         with gzip.open(source, "rb") as src, open(partial, "wb") as dst:
             shutil.copyfileobj(src, dst)

@@ -46,6 +46,15 @@ MNIST5K_SIZE, MNIST5K_COLUMNS = 5000, 28 * 28 + 1
 GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
+def staging_path(target: Path) -> Path:
+    """Where this process writes ``target``'s bytes before one atomic ``replace`` onto it.
+
+    Per process: sweep jobs started side by side (Ray, SLURM) on a fresh data directory prepare
+    the same files at the same time, and a shared name would let one job move the other's
+    half-written file away."""
+    return target.with_name(f".{target.name}.{os.getpid()}.partial")
+
+
 def idx_files_present(raw_dir: Path) -> bool:
     """Whether the four idx files are in ``raw_dir`` (existence only)."""
     return all((raw_dir / name).is_file() for name in IDX_FILES)
@@ -299,7 +308,7 @@ class MNIST5kDataModule(InMemoryImageDataModule):
         images = torch.from_numpy(table[:, :-1].reshape(-1, 1, 28, 28).copy())
         targets = torch.from_numpy(table[:, -1].astype(np.int64))
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.cache_file.with_suffix(".partial")
+        partial = staging_path(self.cache_file)
         torch.save({"images": images, "targets": targets}, partial)
         partial.replace(self.cache_file)  # atomic: a killed write never looks complete
 
