@@ -204,6 +204,40 @@ def test_bad_config_in_process(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["sweep=alpha_beta", "loss.alpha=0.15", "seed=1,2"],  # a param replaced by one value
+        ["sweep=alpha_beta", "loss.beta=0.3,1.0", "loss=mhe_hug,mgd_hug"],  # by a list
+        ["sweep=results_tune", "loss=mhs_hug", "loss.alpha=0.15", "optimizer.lr=0.05"],
+    ],
+    ids=" ".join,
+)
+def test_the_checked_jobs_are_the_jobs_hydra_launches(
+    overrides: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The command line's value of a key in ``hydra.sweeper.params`` replaces the param's (not
+    multiplied with it: 12 checked jobs for 2 launched ones took minutes), same order."""
+    from hydra import initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the oracle
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    monkeypatch.chdir(tmp_path)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("train", overrides, run_mode=RunMode.MULTIRUN)
+        params = [f"{key}={value}" for key, value in master.hydra.sweeper.params.items()]
+        parsed = OverridesParser.create(loader).parse_overrides([*params, *overrides])
+        (launched,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+        jobs = preflight.sweep_jobs(master)
+    GlobalHydra.instance().clear()
+    assert [job.overrides for job in jobs] == launched
+    assert jobs[-1].label.startswith(f"sweep job {len(launched)} of {len(launched)} (")
+
+
 def test_every_problem_is_reported_with_its_origin() -> None:
     with pytest.raises(ConfigCheckError) as info:
         check_command_line(["loss.alpha=-1", "data=mnist", "data.batch_size=0"])

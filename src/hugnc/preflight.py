@@ -110,20 +110,23 @@ def added_keys(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
 
 
 def sweep_jobs(master: DictConfig) -> list[_Job]:
-    """The jobs of a basic sweep (``hydra.sweeper.params``, then the command line's lists and
-    ranges: their product, in the order Hydra's basic sweeper launches them)."""
+    """The jobs of a basic sweep, as Hydra's basic sweeper launches them: ``hydra.sweeper.params``
+    and the command line's values, one list per key (the command line's replaces a param's, in
+    the param's place), and their product in that order."""
     params = OmegaConf.select(master, "hydra.sweeper.params") or {}
     arguments = [f"{key}={value}" for key, value in params.items()]
     arguments += task_overrides(master)
-    parsed = _parser().parse_overrides(arguments)
-    choices = [
-        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
-        if o.is_sweep_override()
-        else [f"{o.get_key_element()}={o.get_value_element_as_str()}"]
-        for o in parsed
-    ]
-    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
-    combinations = list(itertools.product(*choices))
+    values: dict[str, list[str]] = {}
+    swept = set()
+    for override in _parser().parse_overrides(arguments):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            values[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+            swept.add(key)
+        else:
+            values[key] = [f"{key}={override.get_value_element_as_str()}"]
+            swept.discard(key)
+    combinations = list(itertools.product(*values.values()))
     jobs = []
     for number, job in enumerate(combinations):
         shown = " ".join(o for o in job if o.partition("=")[0] in swept)
