@@ -28,8 +28,11 @@ from pathlib import Path
 from hugnc.tools.report import collect_local
 
 
-def sweep_command(launcher: str, jobs: int, subset: int, cores: int, gpu: bool) -> list[str]:
-    """``python -m hugnc -m ...`` for the benchmark sweep on ``launcher`` (basic | ray)."""
+def sweep_command(
+    launcher: str, jobs: int, subset: int, cores: int, gpu: bool, quick: bool = False
+) -> list[str]:
+    """``python -m hugnc -m ...`` for the benchmark sweep on ``launcher`` (basic | ray);
+    ``quick``: each job cut to a few batches per loop (``debug=limit``)."""
     command = [
         sys.executable,
         "-m",
@@ -43,6 +46,8 @@ def sweep_command(launcher: str, jobs: int, subset: int, cores: int, gpu: bool) 
     ]
     if gpu:
         command.append("trainer=gpu")
+    if quick:
+        command.append("debug=limit")
     if launcher == "ray":
         command += ["hydra/launcher=ray", "hydra.launcher.ray.remote.num_cpus=1"]
         command.append(f"hydra.launcher.ray.init.num_{'gpus' if gpu else 'cpus'}={cores}")
@@ -57,7 +62,7 @@ def timed_sweep(launcher: str, args: argparse.Namespace, out: Path) -> float:
     if args.data_dir:
         env["HUGNC_DATA_DIR"] = args.data_dir
     command = [
-        *sweep_command(launcher, args.jobs, args.subset, args.cores, args.gpu),
+        *sweep_command(launcher, args.jobs, args.subset, args.cores, args.gpu, args.quick),
         f"hydra.sweep.dir={sweep_dir}",
     ]
     start = time.perf_counter()
@@ -78,11 +83,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cores", type=int, default=2, help="cores (GPUs with --gpu) to use")
     parser.add_argument("--gpu", action="store_true", help="trainer=gpu, one GPU per Ray job")
     parser.add_argument("--data-dir", help="HUGNC_DATA_DIR for the jobs (default: hugnc's)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few batches per job (debug=limit): startup only"
+    )
     args = parser.parse_args(argv)
     unit = "GPU" if args.gpu else "thread"
     print(
         f"sweep of {args.jobs} jobs: experiment=results, 1 epoch on {args.subset} images "
-        f"(+ val, NC, test); {os.cpu_count()} cores on this machine"
+        f"(+ val, NC, test){', debug=limit' * args.quick}; {os.cpu_count()} cores on this machine"
     )
     with tempfile.TemporaryDirectory() as tmp:
         basic = timed_sweep("basic", args, Path(tmp))

@@ -123,6 +123,7 @@ def test_sweep_benchmark_prints_both_launchers_and_the_ratio(fashion_mnist_dir: 
     done = run_benchmark(
         "bench_sweep.py",
         "--jobs=2",
+        "--quick",
         f"--data-dir={fashion_mnist_dir}",
         timeout=900,
     )
