@@ -9,6 +9,7 @@ cases, the schema's pieces and every shipped config (no false positives) are che
 from __future__ import annotations
 
 import subprocess
+import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,20 +109,66 @@ CLI_TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("args", "expected"), CLI_TABLE)
+#: Rows also run as users run them, in a new process (import-time output, the real exit): one
+#: bad value, one bad option, one bad sweep job. The rest run ``main()`` in this process.
+SUBPROCESS_ROWS = {"alpha<0", "unknown-option", "multirun-one-bad-job"}
+
+
+def _assert_rejected_before_writing(
+    code: object, stdout: str, stderr: str, expected: str, cwd: Path
+) -> None:
+    assert code == EXIT_CODE, stderr[-3000:]
+    assert expected in stderr, stderr
+    assert "Traceback" not in stderr + stdout
+    lines = stderr.strip().splitlines()
+    assert len(lines) < 15
+    # Only the message: no Hydra error wall, no warnings, no W&B banner.
+    assert all(line.startswith("hugnc: ") for line in lines), stderr
+    # No run or sweep directory, no W&B run, no data download: nothing at all.
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"), [row for row in CLI_TABLE if row.id in SUBPROCESS_ROWS]
+)
 def test_bad_command_line_fails_before_writing(
     tmp_path: Path, args: list[str], expected: str
 ) -> None:
     result = run_cli(args, tmp_path)
-    assert result.returncode == EXIT_CODE, result.stderr[-3000:]
-    assert expected in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) < 15
-    # Only the message: no Hydra error wall, no warnings, no W&B banner.
-    assert all(line.startswith("hugnc: ") for line in lines), result.stderr
-    # No run or sweep directory, no W&B run, no data download: nothing at all.
-    assert list(tmp_path.iterdir()) == []
+    _assert_rejected_before_writing(
+        result.returncode, result.stdout, result.stderr, expected, tmp_path
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"), [row for row in CLI_TABLE if row.id not in SUBPROCESS_ROWS]
+)
+def test_bad_command_line_fails_before_writing_in_process(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture,
+    args: list[str],
+    expected: str,
+) -> None:
+    """``python -m hugnc ARGS`` minus the process start: the same environment as ``run_cli``."""
+    from hugnc.__main__ import main
+    from hugnc.errors import DEBUG_ENV
+
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "HUGNC_DATA_DIR": tmp_path / "data",
+        "HUGNC_LOG_DIR": tmp_path / "logs",
+        "WANDB_DIR": tmp_path / "wandb",
+        "HYDRA_FULL_ERROR": "0",
+        DEBUG_ENV: "0",  # what the entry point sets for its children; restored after the test
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(sys, "argv", ["hugnc", *args])
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    stdout, stderr = capfd.readouterr()
+    _assert_rejected_before_writing(exit_info.value.code, stdout, stderr, expected, tmp_path)
 
 
 def test_without_the_check_the_same_mistake_leaves_a_run_directory(tmp_path: Path) -> None:
