@@ -64,6 +64,7 @@ def test_gpu_check_smoke_runs_on_the_cpu() -> None:
     assert "FAILED" not in out and "skipped" not in out
 
 
+@pytest.mark.slow
 def test_gpu_check_budget_skips_what_is_not_started_and_writes_the_table(tmp_path: Path) -> None:
     """A spent --budget-s skips every section (the table still comes back, exit 0), and --table
     appends the table's lines without the runs' output."""

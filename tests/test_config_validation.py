@@ -305,7 +305,11 @@ SHIPPED = [
 ]
 SHIPPED += [[f"data={o}"] for o in _options("data") if not o.startswith("split_")]
 SHIPPED += [[f"experiment={o}"] for o in _options("experiment")]
-SHIPPED += [["-m", f"sweep={o}"] for o in _options("sweep")]
+# results_tune: 72 jobs, each composed and checked.
+SHIPPED += [
+    pytest.param(["-m", f"sweep={o}"], marks=[pytest.mark.slow] if o == "results_tune" else [])
+    for o in _options("sweep")
+]
 SHIPPED += [["-m", f"hydra/launcher={o}", "loss.alpha=0.1,0.2"] for o in ("local", "slurm")]
 # Every HUG loss has its search space (its corners are checked).
 SHIPPED += [

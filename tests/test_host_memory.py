@@ -110,6 +110,7 @@ print(json.dumps({"faults": int(next(iter(loader)))}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="the setting acts on glibc's malloc only")
 def test_loader_workers_do_not_keep_their_peak_heap() -> None:
     def worker_faults(mode: str) -> int:

@@ -78,6 +78,7 @@ def test_quickstart_on_real_fashion_mnist(compose_cfg) -> None:
     torch.testing.assert_close(norms, torch.ones(10))
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_same_seed_same_result(compose_cfg) -> None:
     overrides = (
