@@ -97,6 +97,61 @@ def test_resume_arguments_replay_the_run(tmp_path: Path) -> None:
     assert rewrite_argv(["loss=ce"]) == ["loss=ce"]
 
 
+def test_a_finished_run_is_continued_only_with_a_larger_budget(tmp_path: Path) -> None:
+    """Resuming a completed run as it was would train nothing, test again and replace the
+    run's final metrics (train/val gone): refused, the files untouched; a larger budget
+    continues it."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- trainer.max_epochs=3\n")
+    (run_dir / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 3\n")
+    metrics = '{"status": "completed", "val/acc": 0.8, "test/acc": 0.79}'
+    (run_dir / "metrics.json").write_text(metrics)
+    with pytest.raises(ResumeError, match="this run finished") as info:
+        rewrite_argv([f"resume={run_dir}"])
+    assert "trainer.max_epochs=N (N above its 3)" in str(info.value)
+    assert (run_dir / "metrics.json").read_text() == metrics
+    for budget in ("trainer.max_epochs=5", "+trainer.max_steps=900"):
+        assert budget in resume_arguments(run_dir, [budget])
+    (run_dir / "metrics.json").write_text('{"status": "preempted"}')
+    assert resume_arguments(run_dir)[-1] == f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "refused"),
+    [
+        ("_target_: torch.optim.lr_scheduler.OneCycleLR\n    max_lr: 0.1", True),
+        (
+            "_target_: torch.optim.lr_scheduler.CosineAnnealingLR\n"
+            "    T_max: ${trainer.max_epochs}",
+            True,
+        ),
+        ("_target_: torch.optim.lr_scheduler.MultiStepLR\n    milestones: [60]", False),
+    ],
+    ids=["onecycle", "cosine", "multistep"],
+)
+def test_a_schedule_laid_out_for_the_budget_is_not_stretched(
+    tmp_path: Path, scheduler: str, refused: bool
+) -> None:
+    """OneCycleLR's total_steps (and cosine's T_max) are restored from the checkpoint: a larger
+    budget would crash at the old last step (OneCycle) or climb the cosine again."""
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("[]\n")
+    (tmp_path / ".hydra" / "config.yaml").write_text(
+        f"trainer:\n  max_epochs: 3\nscheduler:\n  factory:\n    {scheduler}\n"
+    )
+    assert resume_arguments(tmp_path)  # the same budget continues
+    if refused:
+        with pytest.raises(ResumeError, match="cannot be stretched"):
+            resume_arguments(tmp_path, ["trainer.max_epochs=6"])
+    else:
+        assert "trainer.max_epochs=6" in resume_arguments(tmp_path, ["trainer.max_epochs=6"])
+
+
 def test_resume_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ResumeError, match="not a hugnc run directory"):
         resume_arguments(tmp_path)

@@ -14,6 +14,7 @@ state included) and a W&B run continues under its old id.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -23,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +237,8 @@ def find_checkpoint(run_dir: str | Path, which: str = "best", trust: bool = Fals
 
 # Overrides that a resume sets itself; dropped from the replayed ones.
 _RESUME_KEYS = ("hydra.run.dir", "ckpt_path", "logger.wandb.id", "logger.wandb.resume", "resume")
+#: Overrides that give a finished run more to train.
+_BUDGET_KEYS = frozenset({"trainer.max_epochs", "trainer.max_steps"})
 
 
 class ResumeError(ValueError):
@@ -255,6 +259,24 @@ def wandb_run_id(run_dir: Path) -> str | None:
     return runs[-1].name.rsplit("-", 1)[1] if runs else None
 
 
+def _schedule_laid_out_for_the_budget(config: DictConfig | ListConfig) -> str | None:
+    """The class name of the run's lr scheduler if its length is fixed by the training budget
+    (it takes ``total_steps``, filled in by the module, or a value interpolating
+    ``trainer.max_epochs``/``max_steps``), else ``None``. ``config``: the run's saved, unresolved
+    config."""
+    factory = OmegaConf.select(config, "scheduler.factory")
+    if not isinstance(factory, DictConfig) or "_target_" not in factory:
+        return None
+    target = str(factory._target_)
+    values = cast(dict[str, Any], OmegaConf.to_container(factory, resolve=False)).values()
+    interpolated = any(f"{{{key}}}" in str(value) for value in values for key in _BUDGET_KEYS)
+    try:
+        takes_total_steps = "total_steps" in inspect.signature(get_object(target)).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        takes_total_steps = False
+    return target.rsplit(".", 1)[-1] if interpolated or takes_total_steps else None
+
+
 def resume_arguments(run_dir: str | Path, extra_overrides: Sequence[str] = ()) -> list[str]:
     """Hydra command-line arguments that continue the run in ``run_dir``.
 
@@ -263,7 +285,8 @@ def resume_arguments(run_dir: str | Path, extra_overrides: Sequence[str] = ()) -
         extra_overrides: further overrides (e.g. ``trainer.max_epochs=300`` to train longer).
 
     Raises:
-        ResumeError: not a run directory, or no ``checkpoints/last.ckpt`` to continue from.
+        ResumeError: not a run directory, no ``checkpoints/last.ckpt`` to continue from, or a
+            finished run and no larger budget (``trainer.max_epochs``/``max_steps``) given.
     """
     run_dir = Path(run_dir).resolve()
     overrides = overrides_file(run_dir)
@@ -280,9 +303,26 @@ def resume_arguments(run_dir: str | Path, extra_overrides: Sequence[str] = ()) -
         )
     saved = [str(o) for o in OmegaConf.load(overrides) if _key(str(o)) not in _RESUME_KEYS]
     given = {_key(o) for o in extra_overrides}
+    config = OmegaConf.load(config_file(run_dir))
+    if (read_status(run_dir) or {}).get("status") == "completed" and not given & _BUDGET_KEYS:
+        # Lightning would train nothing, test again and replace the run's final metrics.
+        epochs = OmegaConf.select(config, "trainer.max_epochs", default=None)
+        raise ResumeError(
+            f"resume={run_dir}: this run finished (metrics.json: status completed), so there is "
+            "nothing to continue and its results are kept. To train it longer, raise its budget: "
+            f"resume={run_dir} trainer.max_epochs=N (N above its {epochs})"
+        )
+    schedule = _schedule_laid_out_for_the_budget(config)
+    if given & _BUDGET_KEYS and schedule:
+        raise ResumeError(
+            f"resume={run_dir} with a new {' / '.join(sorted(given & _BUDGET_KEYS))}: the run's "
+            f"learning-rate schedule ({schedule}) was laid out for its own budget and is saved in "
+            "its checkpoint, so it cannot be stretched to another. Train a new run with the "
+            "budget you want, or use a schedule that does not depend on it (scheduler=multistep "
+            "or scheduler=none)"
+        )
     arguments = [o for o in saved if _key(o) not in given] + list(extra_overrides)
     arguments += [f"hydra.run.dir={run_dir}", f"ckpt_path={checkpoint}"]
-    config = OmegaConf.load(config_file(run_dir))
     run_id = wandb_run_id(run_dir)
     if run_id and OmegaConf.select(config, "logger.wandb") is not None:
         arguments += [f"+logger.wandb.id={run_id}", "+logger.wandb.resume=allow"]
