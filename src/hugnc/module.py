@@ -18,6 +18,12 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
+def takes_total_steps(scheduler: Callable[..., Any]) -> bool:
+    """Whether :class:`HUGClassifier` passes a scheduler (class or partial) the trainer's step
+    count as ``total_steps`` (e.g. OneCycleLR): its schedule is then laid out for the budget."""
+    return "total_steps" in inspect.signature(scheduler).parameters
+
+
 class HUGClassifier(LightningModule):
     """Image classifier trained with a HUG loss (on the proxy head) or cross-entropy (linear head).
 
@@ -192,7 +198,7 @@ class HUGClassifier(LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         extra = {}
-        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
+        if takes_total_steps(self.scheduler_factory):
             extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer, **extra)
         return {

@@ -14,7 +14,6 @@ state included) and a W&B run continues under its old id.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -261,9 +260,11 @@ def wandb_run_id(run_dir: Path) -> str | None:
 
 def _schedule_laid_out_for_the_budget(config: DictConfig | ListConfig) -> str | None:
     """The class name of the run's lr scheduler if its length is fixed by the training budget
-    (it takes ``total_steps``, filled in by the module, or a value interpolating
-    ``trainer.max_epochs``/``max_steps``), else ``None``. ``config``: the run's saved, unresolved
-    config."""
+    (the module fills in its ``total_steps``, or a value interpolates ``trainer.max_epochs``/
+    ``max_steps``), else ``None``. ``config``: the run's saved, unresolved config."""
+    # The module (torch, Lightning) only now: a plain resume= needs none of this.
+    from hugnc.module import takes_total_steps
+
     factory = OmegaConf.select(config, "scheduler.factory")
     if not isinstance(factory, DictConfig) or "_target_" not in factory:
         return None
@@ -271,10 +272,10 @@ def _schedule_laid_out_for_the_budget(config: DictConfig | ListConfig) -> str | 
     values = cast(dict[str, Any], OmegaConf.to_container(factory, resolve=False)).values()
     interpolated = any(f"{{{key}}}" in str(value) for value in values for key in _BUDGET_KEYS)
     try:
-        takes_total_steps = "total_steps" in inspect.signature(get_object(target)).parameters
+        filled_in = takes_total_steps(get_object(target))
     except (ImportError, AttributeError, TypeError, ValueError):
-        takes_total_steps = False
-    return target.rsplit(".", 1)[-1] if interpolated or takes_total_steps else None
+        filled_in = False
+    return target.rsplit(".", 1)[-1] if interpolated or filled_in else None
 
 
 def resume_arguments(run_dir: str | Path, extra_overrides: Sequence[str] = ()) -> list[str]:
@@ -312,8 +313,7 @@ def resume_arguments(run_dir: str | Path, extra_overrides: Sequence[str] = ()) -
             "nothing to continue and its results are kept. To train it longer, raise its budget: "
             f"resume={run_dir} trainer.max_epochs=N (N above its {epochs})"
         )
-    schedule = _schedule_laid_out_for_the_budget(config)
-    if given & _BUDGET_KEYS and schedule:
+    if given & _BUDGET_KEYS and (schedule := _schedule_laid_out_for_the_budget(config)):
         raise ResumeError(
             f"resume={run_dir} with a new {' / '.join(sorted(given & _BUDGET_KEYS))}: the run's "
             f"learning-rate schedule ({schedule}) was laid out for its own budget and is saved in "
