@@ -5,6 +5,7 @@ Fashion-MNIST continued in its sweep directory and read by `hugnc-report`."""
 from __future__ import annotations
 
 import math
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -181,6 +182,48 @@ def test_sweep_tells_failures_continues_and_extends(tmp_path: Path) -> None:
     assert not set(new) & {t.params["x"] for t in trials}
 
 
+@pytest.mark.parametrize(
+    ("change", "difference"),
+    [
+        ({"arguments": ["fixed=2"]}, "fixed=2 (the study: fixed=1)"),
+        ({"arguments": ["fixed=1", "seed=3"]}, "seed=3 (the study: no seed)"),
+        ({"arguments": []}, "no fixed (the study: fixed=1)"),
+        ({"params": {"x": "tag(log, interval(0.1, 2))"}}, "x=tag(log, interval(0.1, 2.0)) "),
+        ({"params": {"x": "a,b"}}, "x=a,b (the study: x=interval(0.0, 1.0))"),
+        ({"params": {"x": "range(1, 9, 2)"}}, "x=range(1, 9, 2) (the study: x=interval"),
+        (
+            {"params": {"x": "interval(0, 1)", "y": "interval(0, 1)"}},
+            "y=interval(0.0, 1.0) (the study: no y)",
+        ),
+        ({"direction": "minimize"}, "hydra.sweeper.direction=minimize (the study: maximize)"),
+    ],
+)
+def test_another_search_in_a_study_s_directory_is_refused_before_anything_is_written(
+    tmp_path: Path, change: dict[str, object], difference: str
+) -> None:
+    first, _ = _sweeper(tmp_path, n_trials=2, n_jobs=1)
+    first.sweep(["fixed=1"])
+    sweep = tmp_path / "sweep"
+    before = {path.name: path.read_bytes() for path in sweep.iterdir()}
+
+    other, launcher = _sweeper(tmp_path, n_trials=4, n_jobs=1)
+    other.params = change.get("params", other.params)  # type: ignore[assignment]
+    other.direction = change.get("direction", other.direction)  # type: ignore[assignment]
+    with pytest.raises(run_dir.ResumeError) as refused:
+        other.sweep(change.get("arguments", ["fixed=1"]))  # type: ignore[arg-type]
+    message = str(refused.value)
+    assert difference in message and "\n" not in message
+    assert (
+        "choose a new hydra.sweep.dir" in message and str(run_dir.multirun_file(sweep)) in message
+    )
+    assert launcher.job_numbers == []
+    assert {path.name: path.read_bytes() for path in sweep.iterdir()} == before
+    # The same search (its order of overrides aside) still continues.
+    same, launcher = _sweeper(tmp_path, n_trials=3, n_jobs=1)
+    same.sweep(["fixed=1"])
+    assert launcher.job_numbers == [2]
+
+
 def test_sweep_without_a_search_space_says_so(tmp_path: Path) -> None:
     sweeper, _ = _sweeper(tmp_path, n_trials=1, n_jobs=1)
     sweeper.params = {}
@@ -209,22 +252,32 @@ def test_search_is_stored_in_its_sweep_dir_continues_and_is_reported(
 ) -> None:
     sweep = tmp_path / "search"
 
-    def search(n_trials: int) -> None:
-        result = run_hugnc(
+    def search(n_trials: int, *more: str) -> subprocess.CompletedProcess[str]:
+        return run_hugnc(
             *TINY_SEARCH,
             f"hydra.sweeper.n_trials={n_trials}",
             "hydra.sweeper.n_jobs=2",
             f"hydra.sweep.dir={sweep}",
+            *more,
             cwd=tmp_path,
             data_dir=fashion_mnist_dir,
         )
-        assert result.returncode == 0, result.stderr[-3000:]
 
-    search(6)
+    result = search(6)
+    assert result.returncode == 0, result.stderr[-3000:]
     assert run_dir.study_file(sweep).is_file()
     first = {job.name: job.params for job in collect_local(sweep)}
     assert sorted(first, key=int) == [str(n) for n in range(6)]
-    search(12)  # the same sweep dir: trials 7-12 (jobs 6-11), jobs 0-5 untouched
+    # Another loss (and so another beta range) is another search: refused, nothing written.
+    files = {path: path.read_bytes() for path in sweep.iterdir() if path.is_file()}
+    refused = search(12, "loss=mhe_hug")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith("hugnc: ") and "loss=mhe_hug (the study: loss=mgd_hug)" in line
+    assert {path: path.read_bytes() for path in sweep.iterdir() if path.is_file()} == files
+    result = search(12)  # the same sweep dir: trials 7-12 (jobs 6-11), jobs 0-5 untouched
+    assert result.returncode == 0, result.stderr[-3000:]
     jobs = collect_local(sweep)
     assert [job.name for job in jobs] == [str(n) for n in range(12)]
     assert all(job.status == "completed" for job in jobs)

@@ -36,6 +36,8 @@ METRICS_FILE = "metrics.json"
 WANDB_DIR = "wandb"
 #: A hyperparameter search's Optuna study (``hydra/sweeper=optuna``), in the sweep directory.
 STUDY_FILE = "optuna_study.journal"
+#: The sweep's config and overrides, written by Hydra's sweepers at the start of a multirun.
+MULTIRUN_FILE = "multirun.yaml"
 
 _HYDRA_INTERPOLATION = re.compile(r"\$\{hydra:([\w.]+)\}")
 
@@ -79,6 +81,11 @@ def study_file(sweep_dir: str | Path) -> Path:
     """The Optuna study of a hyperparameter search (an append-only journal of its trials): a
     search run again with the same sweep directory continues it."""
     return Path(sweep_dir) / STUDY_FILE
+
+
+def multirun_file(sweep_dir: str | Path) -> Path:
+    """The config (``hydra.overrides.task``: the command line) of the sweep's latest start."""
+    return Path(sweep_dir) / MULTIRUN_FILE
 
 
 def wandb_dir(run_dir: str | Path) -> Path:

@@ -4,7 +4,9 @@ A thin Hydra sweeper over current Optuna's ask-and-tell interface. hydra-optuna-
 pins optuna 2.10, whose SQLite storage breaks under SQLAlchemy 2; this one needs neither: the
 study is an Optuna journal file in the sweep directory (:func:`hugnc.run_dir.study_file`), so a
 search killed at any point continues when the same command is run again with
-``hydra.sweep.dir=<that directory>``, and ``hydra.sweeper.n_trials`` larger than before extends it.
+``hydra.sweep.dir=<that directory>``, and ``hydra.sweeper.n_trials`` larger than before extends
+it. A command with another search space, other fixed overrides or the other direction is
+refused before anything is written (:class:`hugnc.run_dir.ResumeError`).
 
 Each trial is a normal job of the configured ``hydra/launcher`` (``<sweep>/<trial number>/``,
 with ``.hydra/`` and ``metrics.json``); trials run in batches of ``n_jobs``, so a parallel launcher
@@ -57,6 +59,10 @@ log = logging.getLogger(__name__)
 INTERRUPTED_ATTR = "interrupted_trials"
 #: Trial user attribute: why a trial failed (the job's error, or its metric's value).
 ERROR_ATTR = "error"
+#: Study-level user attribute: what the study searches (:meth:`SearchSpace.identity`), so that a
+#: command with another space or other fixed overrides is refused instead of mixing two searches
+#: (and their best trial) in one study.
+SEARCH_ATTR = "search"
 _TAGS = {"log", "int"}
 
 
@@ -79,6 +85,16 @@ class SearchSpace:
         """A trial's overrides: the fixed ones, then ``key=value`` for each sampled value."""
         return [*self.fixed, *(f"{key}={_override_value(v)}" for key, v in params.items())]
 
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs of a sweep directory the same search (JSON, for the study): the
+        searched keys with their ranges, and the fixed overrides by key."""
+        from optuna.distributions import distribution_to_json
+
+        return {
+            "space": {key: distribution_to_json(d) for key, d in self.distributions.items()},
+            "fixed": {_override_key(line): line for line in self.fixed},
+        }
+
     def bounds(self) -> list[tuple[str, list[str]]]:
         """Two labelled corners of the space (every value at its lower end, then at its upper
         end; a choice's first and last option): configs the config check can compose before the
@@ -98,6 +114,40 @@ class SearchSpace:
                 (f"the search space's {label} bounds ({shown})", self.trial_overrides(values))
             )
         return corners
+
+
+def _override_key(line: str) -> str:
+    return line.lstrip("+~").split("=", 1)[0]
+
+
+def _as_override(key: str, dist_json: str) -> str:
+    """A stored distribution as the override that describes it (``key=interval(a, b)``)."""
+    from optuna.distributions import FloatDistribution, IntDistribution, json_to_distribution
+
+    dist = json_to_distribution(dist_json)
+    if not isinstance(dist, IntDistribution | FloatDistribution):
+        return f"{key}={','.join(map(str, dist.choices))}"  # type: ignore[attr-defined]
+    if isinstance(dist, IntDistribution) and dist.step != 1:
+        return f"{key}=range({dist.low}, {dist.high + dist.step}, {dist.step})"
+    tags = [
+        tag for tag, on in (("int", isinstance(dist, IntDistribution)), ("log", dist.log)) if on
+    ]
+    interval = f"interval({dist.low}, {dist.high})"
+    return f"{key}=tag({', '.join(tags)}, {interval})" if tags else f"{key}={interval}"
+
+
+def search_differences(study_search: Mapping[str, Any], search: Mapping[str, Any]) -> list[str]:
+    """How ``search`` (this command's :meth:`SearchSpace.identity`) differs from the study's,
+    one ``what here (the study: what there)`` per key."""
+    differences = []
+    for part, show in (("fixed", lambda key, line: line), ("space", _as_override)):
+        there, here = study_search.get(part, {}), search.get(part, {})
+        for key in [*there, *(k for k in here if k not in there)]:
+            if there.get(key) != here.get(key):
+                now = show(key, here[key]) if key in here else f"no {key}"
+                before = show(key, there[key]) if key in there else f"no {key}"
+                differences.append(f"{now} (the study: {before})")
+    return differences
 
 
 def _override_value(value: Any) -> str:
@@ -287,23 +337,39 @@ class OptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def open_study(self, sweep_dir: Path) -> optuna.Study:
-        """The study of ``sweep_dir`` (created on the first run), with this config's sampler."""
+    def open_study(self, sweep_dir: Path, space: SearchSpace) -> optuna.Study:
+        """The study of ``sweep_dir`` (created on the first run), with this config's sampler.
+
+        Raises:
+            ResumeError: the directory's study is another search (another space, other fixed
+                overrides, the other direction); nothing is written then.
+        """
         import optuna
 
-        from hugnc.run_dir import study_file
+        from hugnc.run_dir import ResumeError, multirun_file, study_file
 
+        search = space.identity()
         storage = journal_storage(study_file(sweep_dir))
         existing = optuna.get_all_study_names(storage)
         name = existing[0] if len(existing) == 1 else (self.study_name or sweep_dir.name)
-        study = optuna.create_study(
-            storage=storage, study_name=name, direction=self.direction, load_if_exists=True
-        )
-        if study.direction.name.lower() != self.direction:
-            raise HydraException(
-                f"the study in {sweep_dir} was made to {study.direction.name.lower()}, "
-                f"not {self.direction}; use another hydra.sweep.dir"
-            )
+        if name in existing:
+            study = optuna.load_study(storage=storage, study_name=name)
+            differences = search_differences(study.user_attrs.get(SEARCH_ATTR, search), search)
+            if study.direction.name.lower() != self.direction:
+                differences.append(
+                    f"hydra.sweeper.direction={self.direction} (the study: "
+                    f"{study.direction.name.lower()})"
+                )
+            if differences:
+                raise ResumeError(
+                    f"{sweep_dir} holds another search's Optuna study; this command has "
+                    f"{'; '.join(differences)}. Continue it with its own command (the "
+                    f"overrides in {multirun_file(sweep_dir)}) or choose a new hydra.sweep.dir"
+                )
+        else:
+            study = optuna.create_study(storage=storage, study_name=name, direction=self.direction)
+        if SEARCH_ATTR not in study.user_attrs:
+            study.set_user_attr(SEARCH_ATTR, search)
         if self.metric_name and not study.metric_names:
             with warnings.catch_warnings():
                 # "Experimental" since 3.2 and unchanged since; the study keeps the metric's name
@@ -337,8 +403,10 @@ class OptunaSweeper(Sweeper):
             )
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # what BasicSweeper saves
-        study = self.open_study(sweep_dir)
+        study = self.open_study(sweep_dir, space)  # before anything is written: may refuse
+        from hugnc.run_dir import multirun_file
+
+        OmegaConf.save(self.config, multirun_file(sweep_dir))  # what BasicSweeper saves
         rerun = recover_interrupted(study)
         if rerun:
             log.warning(f"trials {rerun} were interrupted by a kill; their points run again")
