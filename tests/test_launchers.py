@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 import submitit
-from helpers.cli_runs import run_hugnc
+import torch
+from helpers.cli_runs import run_hugnc, start_hugnc, wait_for_file
 from helpers.outputs import most_jobs_at_once
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
+from hugnc import run_dir
 from hugnc.config import config_dir
 
 
@@ -86,6 +90,53 @@ def test_sweep_through_submitit_local_executor(tmp_path: Path, fashion_mnist_dir
     for job in ("0", "1"):
         assert '"status": "completed"' in (sweep / job / "metrics.json").read_text()
     assert list((sweep / ".submitit").iterdir())  # submitit ran the jobs in their own processes
+
+
+@pytest.mark.slow
+def test_a_job_requeued_on_the_timeout_signal_continues_from_its_last_checkpoint(
+    tmp_path: Path, fashion_mnist_dir: Path
+) -> None:
+    """SLURM's timeout/preemption signal (USR2) makes submitit requeue the job. The requeued job
+    continues from its directory's last.ckpt (hydra-submitit-launcher alone would start it from
+    scratch and overwrite its checkpoints). submitit's local executor requeues as SLURM does."""
+    sweep = tmp_path / "sweep"
+    epochs, steps_per_epoch = 15, 8
+    proc = start_hugnc(
+        "-m",
+        "hydra/launcher=local",
+        f"hydra.sweep.dir={sweep}",
+        f"trainer.max_epochs={epochs}",
+        "data.train_subset=512",
+        "data.batch_size=64",
+        "+trainer.limit_val_batches=1",
+        "logger=none",
+        "~callbacks.progress_bar",
+        "~callbacks.neural_collapse",
+        cwd=tmp_path,
+        data_dir=fashion_mnist_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    job = sweep / "0"
+    last = run_dir.last_checkpoint(job)
+    try:
+        wait_for_file(proc, last)
+        # The job id of a local submitit job is its controller's pid; the job's task is its child.
+        (job_id,) = [p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]
+        (task,) = Path(f"/proc/{job_id}/task/{job_id}/children").read_text().split()
+        os.kill(int(task), signal.SIGUSR2)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    log = (job / "__main__.log").read_text()
+    assert "Requeued job" in log  # submitit's requeue, not a fresh start of the sweep
+    assert f"Restoring states from the checkpoint path at {last}" in log
+    assert f"ckpt_path={last}" in run_dir.overrides_file(job).read_text()
+    assert '"status": "completed"' in run_dir.metrics_file(job).read_text()
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    assert (final["epoch"], final["global_step"]) == (epochs - 1, epochs * steps_per_epoch)
 
 
 def test_slurm_with_ddp_auto_devices_is_one_clear_error(

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers.cli_runs import final_weights, run_hugnc, start_hugnc, wait_for_file
 
-from hugnc.run_dir import ResumeError, resume_arguments, rewrite_argv
+from hugnc.run_dir import ResumeError, requeue_overrides, resume_arguments, rewrite_argv
 
 COMMON = [
     "loss=mhe_hug",
@@ -95,6 +95,25 @@ def test_resume_arguments_replay_the_run(tmp_path: Path) -> None:
         "+logger.wandb.resume=allow",
     ]
     assert rewrite_argv(["loss=ce"]) == ["loss=ce"]
+
+
+def test_a_requeued_sweep_job_continues_from_its_last_checkpoint(tmp_path: Path) -> None:
+    job = tmp_path / "sweep" / "3"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text("logger:\n  wandb:\n    project: hugnc\n")
+    overrides = ["loss=mgd_hug", "loss.alpha=0.1"]
+    assert requeue_overrides(job, overrides) == overrides  # killed in epoch 1: from scratch
+    (job / "checkpoints").mkdir()
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (job / "wandb" / "run-20260101_000000-abc123").mkdir(parents=True)
+    continued = [
+        *overrides,
+        f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}",
+        "+logger.wandb.id=abc123",
+        "+logger.wandb.resume=allow",
+    ]
+    assert requeue_overrides(job, overrides) == continued
+    assert requeue_overrides(job, continued) == continued  # requeued twice: not added twice
 
 
 def test_a_finished_run_is_continued_only_with_a_larger_budget(tmp_path: Path) -> None:

@@ -329,11 +329,28 @@ def resume_arguments(run_dir: str | Path, extra_overrides: Sequence[str] = ()) -
             "or scheduler=none)"
         )
     arguments = [o for o in saved if _key(o) not in given] + list(extra_overrides)
-    arguments += [f"hydra.run.dir={run_dir}", f"ckpt_path={checkpoint}"]
+    return [*arguments, f"hydra.run.dir={run_dir}", *_continue_from(run_dir)]
+
+
+def _continue_from(run_dir: Path) -> list[str]:
+    """Overrides that continue the run of ``run_dir`` from its ``last.ckpt`` (and an online W&B
+    run under its id)."""
+    arguments = [f"ckpt_path={last_checkpoint(run_dir)}"]
     run_id = wandb_run_id(run_dir)
+    config = OmegaConf.load(config_file(run_dir))
     if run_id and OmegaConf.select(config, "logger.wandb") is not None:
         arguments += [f"+logger.wandb.id={run_id}", "+logger.wandb.resume=allow"]
     return arguments
+
+
+def requeue_overrides(job_dir: str | Path, overrides: Sequence[str]) -> list[str]:
+    """The overrides of a sweep job requeued by its scheduler (submitit's answer to SLURM's
+    timeout or preemption signal): the job's own, continuing from the ``last.ckpt`` of
+    ``job_dir`` when one was written (else the job starts again from scratch)."""
+    job_dir = Path(job_dir).resolve()
+    if not last_checkpoint(job_dir).is_file():
+        return list(overrides)
+    return [*(o for o in overrides if _key(o) not in _RESUME_KEYS), *_continue_from(job_dir)]
 
 
 def rewrite_argv(argv: Sequence[str]) -> list[str]:

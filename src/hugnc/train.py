@@ -141,7 +141,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     ``extra_callbacks`` join the configured ones (probes of tests and benchmarks).
 
     ``<output_dir>/metrics.json`` gets the metrics and ``"status": "completed"``, or
-    ``"status": "failed"`` and the error if anything raised (sweep reports list failed jobs).
+    ``"status": "failed"`` and the error if anything raised (sweep reports list failed jobs), or
+    ``"status": "preempted"`` when a signal or the scheduler stopped it (it continues later).
     """
     output_dir = Path(cfg.paths.output_dir)
     loggers: list[Logger] = []
@@ -180,12 +181,18 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
             raise preempted from error
         raise
     except BaseException as error:
-        if isinstance(error, SystemExit) and trainer is not None and trainer.interrupted:
+        if isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt):
             # Lightning answers Ctrl-C with its own shutdown, then exit(1): it was the user's.
             error = KeyboardInterrupt()
-        shown = user_facing(error)
-        line = f"{type(error).__name__}: {shown.line if shown else error}"
-        write_status(output_dir, {"status": "failed", "error": line})
+        if isinstance(error, SystemExit):
+            # Stopped from outside, e.g. submitit's requeue on SLURM's timeout signal: the exit
+            # code is the scheduler's (the local executor requeues on 144), the job not failed.
+            stopped = f"SystemExit({error.code}) during training (a scheduler's requeue?)"
+            write_status(output_dir, {"status": "preempted", "error": stopped})
+        else:
+            shown = user_facing(error)
+            line = f"{type(error).__name__}: {shown.line if shown else error}"
+            write_status(output_dir, {"status": "failed", "error": line})
         close_loggers(loggers, failed=True)
         raise error
     close_loggers(loggers, failed=False)

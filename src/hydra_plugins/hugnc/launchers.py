@@ -45,6 +45,20 @@ class _OneWriterPerJob:
             overrides, job_dir_key, job_num, job_id, singleton_state
         )
 
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """What submitit requeues after a timeout or preemption signal (SLURM's USR2, on task 0):
+        the job again, continuing from its directory's ``last.ckpt``
+        (:func:`hugnc.run_dir.requeue_overrides`); hydra-submitit-launcher's own requeue starts
+        the job from scratch and overwrites its checkpoints."""
+        from hydra.core.hydra_config import HydraConfig
+
+        from hugnc.run_dir import requeue_overrides
+
+        sweep_overrides, *rest = args
+        job_dir = HydraConfig.get().runtime.output_dir  # set: called from inside the running job
+        overrides = requeue_overrides(job_dir, sweep_overrides)
+        return super().checkpoint(overrides, *rest, **kwargs)  # type: ignore[misc]
+
 
 class SlurmLauncher(_OneWriterPerJob, submitit_launcher.SlurmLauncher):
     """``hydra/launcher=slurm``: submitit's SLURM launcher, one writer per job."""
