@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.cli_runs import run_hugnc
 
 from hugnc import preflight, schema
@@ -106,6 +107,18 @@ CLI_TABLE = [
         "sweep job 2 of 2 (loss.alpha=-1): loss.alpha = -1: must be >= 0",
         id="multirun-one-bad-job",
     ),
+    # In-process, on a machine made GPU-less (the test hides any GPU there is).
+    pytest.param(
+        ["trainer=gpu"],
+        "trainer.accelerator = 'gpu': this machine has no GPU (torch finds no CUDA device); "
+        "train on the CPU with trainer=cpu",
+        id="gpu-on-a-cpu-machine",
+    ),
+    pytest.param(
+        ["-m", "trainer=ddp", "seed=0,1"],
+        "every sweep job: trainer.accelerator = 'gpu': this machine has no GPU",
+        id="ddp-sweep-on-a-cpu-machine",
+    ),
 ]
 
 
@@ -164,6 +177,8 @@ def test_bad_command_line_fails_before_writing_in_process(
     }.items():
         monkeypatch.setenv(name, str(value))
     monkeypatch.setattr(sys, "argv", ["hugnc", *args])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     capfd.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main()
@@ -337,7 +352,7 @@ SHIPPED += [
 def test_shipped_configs_are_valid(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Every option of every group composes and passes: the checks have no false positives.
     (The data itself is not needed: ImageNet is not on this machine; tests/data checks that.)"""
-    monkeypatch.setattr(preflight, "_data_problems", lambda cfg: [])
+    monkeypatch.setattr(preflight, "_machine_problems", lambda cfg: [])
     check_command_line(args)
 
 

@@ -346,3 +346,58 @@ def test_ray_sweep_runs_two_jobs_at_a_time_and_survives_a_failing_one(
         assert f'"group":"{sweep.name}"'.encode() in next(run.glob("*.wandb")).read_bytes()
     assert main([str(sweep)]) == 0
     assert len((sweep / "report.csv").read_text().splitlines()) == 1 + 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "gpus", "expected"),
+    [
+        (["trainer=gpu"], 0, "trainer.accelerator = 'gpu': this machine has no GPU"),
+        (["trainer=gpu"], 1, None),
+        (["trainer=ddp", "trainer.devices=4"], 2, "trainer.devices = 4: this machine has 2 GPU"),
+        (["trainer=ddp", "trainer.devices=[0,1]"], 2, None),
+        (["trainer=ddp"], 2, None),  # auto: whatever there is
+        (["trainer=cpu"], 0, None),
+        # The jobs run on the cluster's nodes: the submitting machine needs no GPU.
+        (["hydra/launcher=slurm", "trainer=gpu"], 0, None),
+        (["hydra/launcher=local", "trainer=gpu"], 0, "this machine has no GPU"),
+    ],
+)
+def test_a_gpu_the_jobs_run_here_need_must_be_here(
+    compose_cfg,
+    monkeypatch: pytest.MonkeyPatch,
+    overrides: list[str],
+    gpus: int,
+    expected: str | None,
+) -> None:
+    from hugnc.launching import device_problem
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    problem = device_problem(compose_cfg(*overrides))
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem is not None and expected in problem and "\n" not in problem
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "expected"),
+    [
+        ("cuda", 0, "ufm.device = 'cuda': this machine has 0 CUDA GPU(s); use ufm.device=cpu"),
+        ("cuda:1", 1, "ufm.device = 'cuda:1': this machine has 1 CUDA GPU(s)"),
+        ("cuda:1", 2, None),
+        ("cpu", 0, None),
+        ("tpu9", 0, "ufm.device = 'tpu9': not a torch device"),
+    ],
+)
+def test_the_ufm_device_must_be_here(
+    compose_cfg, monkeypatch: pytest.MonkeyPatch, device: str, gpus: int, expected: str | None
+) -> None:
+    from hugnc.launching import device_problem
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    problem = device_problem(compose_cfg(f"ufm.device={device}", config_name="ufm"))
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem is not None and expected in problem

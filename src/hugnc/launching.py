@@ -230,3 +230,57 @@ def ray_resources_problem(cfg: DictConfig) -> Problem | None:
             nodes,
         )
     return None
+
+
+#: Launchers whose jobs run on this machine (SLURM's and Ray's run on nodes of their own).
+_LOCAL_LAUNCHERS = (
+    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+    "hydra_plugins.hugnc.launchers.LocalLauncher",
+)
+
+
+def device_problem(cfg: DictConfig) -> str | None:
+    """A device that a job run on this machine asks for and the machine lacks: GPUs of
+    ``trainer.accelerator`` / ``trainer.devices`` under a launcher that runs its jobs here, or
+    ``hugnc-ufm``'s ``ufm.device``. Checked before anything is written (the trainer would stop
+    with a traceback after the run directory was made)."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    ufm_device = OmegaConf.select(cfg, "ufm.device", default=None)
+    if isinstance(ufm_device, str):
+        try:
+            device = torch.device(ufm_device)
+        except RuntimeError as error:
+            return f"ufm.device = {ufm_device!r}: not a torch device ({error}); e.g. cpu, cuda"
+        needed = (device.index or 0) + 1
+        if device.type == "cuda" and gpus < needed:
+            return (
+                f"ufm.device = {ufm_device!r}: this machine has {gpus} CUDA GPU(s); use "
+                "ufm.device=cpu, or run it where the GPU is"
+            )
+        return None
+    launcher = OmegaConf.select(cfg, "hydra.launcher._target_", default=None)
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+    if launcher not in _LOCAL_LAUNCHERS or accelerator not in GPU_ACCELERATORS:
+        return None
+    if accelerator == "gpu" and torch.backends.mps.is_available():
+        gpus = max(gpus, 1)
+    if gpus == 0:
+        return (
+            f"trainer.accelerator = {accelerator!r}: this machine has no GPU (torch finds no CUDA "
+            "device); train on the CPU with trainer=cpu (trainer=ddp_cpu for DDP), or run it "
+            "where a GPU is"
+        )
+    devices = OmegaConf.select(cfg, "trainer.devices", default="auto")
+    try:
+        needed = gpus_per_job(accelerator, devices)
+    except ValueError:  # auto, -1: as many as there are
+        return None
+    if needed > gpus:
+        return (
+            f"trainer.devices = {devices}: this machine has {gpus} GPU(s); use "
+            f"trainer.devices={gpus} or fewer, or a launcher that runs the job where the GPUs "
+            "are (hydra/launcher=slurm)"
+        )
+    return None

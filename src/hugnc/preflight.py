@@ -288,17 +288,19 @@ def _problems(cfg: DictConfig, run_keys: type, overrides: Sequence[str]) -> list
     added = added_keys(cfg, overrides)
     found = _with_hydra_config(cfg, lambda c: validate_config(c, run_keys, added))
     lines = [f"{p}{_origin(p, cfg, overrides)}" for p in [*combination_problems(cfg), *found]]
-    return lines or _with_hydra_config(cfg, _data_problems)
+    return lines or _with_hydra_config(cfg, _machine_problems)
 
 
-def _data_problems(cfg: DictConfig) -> list[str]:
-    """What the data of a valid config lacks: files neither there nor fetchable, a split or a
-    global batch the dataset or the ranks cannot make (checked once the values are valid)."""
+def _machine_problems(cfg: DictConfig) -> list[str]:
+    """What this machine lacks for a valid config (checked once the values are valid): a GPU it
+    asks for, data files neither there nor fetchable, a split or a global batch the dataset or
+    the ranks cannot make."""
     from hugnc.data import availability_problem, global_batch_problem
+    from hugnc.launching import device_problem
 
-    if not isinstance(cfg.get("data"), DictConfig):
-        return []
-    checks = (global_batch_problem(cfg), availability_problem(cfg.data))
+    checks = [device_problem(cfg)]
+    if isinstance(cfg.get("data"), DictConfig):
+        checks += [global_batch_problem(cfg), availability_problem(cfg.data)]
     return [problem for problem in checks if problem]
 
 
