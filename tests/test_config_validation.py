@@ -103,6 +103,11 @@ CLI_TABLE = [
     ),
     pytest.param(["ckpt_path=gone.ckpt"], "ckpt_path=gone.ckpt: no such file", id="ckpt-missing"),
     pytest.param(
+        [f"ckpt_path={Path(__file__)}"],
+        f"ckpt_path={Path(__file__)} is not a PyTorch checkpoint, or a damaged one",
+        id="ckpt-not-a-checkpoint",
+    ),
+    pytest.param(
         ["-m", "loss.alpha=0.1,-1"],
         "sweep job 2 of 2 (loss.alpha=-1): loss.alpha = -1: must be >= 0",
         id="multirun-one-bad-job",
@@ -341,19 +346,23 @@ SHIPPED += [
     ["trainer.max_epochs=-1", "+trainer.limit_train_batches=5", "+trainer.fast_dev_run=true"],
     ["callbacks.neural_collapse.split=val", "callbacks.neural_collapse.max_batches=null"],
     ["~callbacks.progress_bar", "~callbacks.neural_collapse", "scheduler=none", "test=false"],
-    # What resume=RUN_DIR turns into (ckpt_path must name an existing file: this one will do).
-    ["+logger.wandb.id=abc123", "+logger.wandb.resume=allow", f"ckpt_path={Path(__file__)}"],
+    # What resume=RUN_DIR turns into (ckpt_path must name a checkpoint: the test writes one).
+    ["+logger.wandb.id=abc123", "+logger.wandb.resume=allow", "ckpt_path=<a checkpoint>"],
     ["hydra.run.dir=/x", "hydra.job.name=__main___rank1", "hydra.output_subdir=null"],
     ["-m", "loss.alpha=0.1,0.15", "loss.beta=0.015,1.0", "seed=0,1,2"],
 ]
 
 
 @pytest.mark.parametrize("args", SHIPPED, ids=lambda a: " ".join(a))
-def test_shipped_configs_are_valid(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shipped_configs_are_valid(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Every option of every group composes and passes: the checks have no false positives.
     (The data itself is not needed: ImageNet is not on this machine; tests/data checks that.)"""
     monkeypatch.setattr(preflight, "_machine_problems", lambda cfg: [])
-    check_command_line(args)
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}}, checkpoint)
+    check_command_line([a.replace("<a checkpoint>", str(checkpoint)) for a in args])
 
 
 @pytest.mark.parametrize("option", [o for o in _options("data") if o.startswith("split_")])
@@ -508,7 +517,7 @@ def test_checkpoint_paths_are_checked_before_the_run(tmp_path: Path) -> None:
     assert "ckpt_path=last: no " in checkpoint_problem("last", run_dir)
     assert "resume=RUN_DIR" in checkpoint_problem("last", run_dir)
     (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    torch.save({}, run_dir / "checkpoints" / "last.ckpt")
     # hydra.run.dir=OLD ckpt_path=last: continues the old run.
     assert checkpoint_problem("last", run_dir) is None
     assert checkpoint_problem(str(run_dir / "checkpoints" / "last.ckpt"), tmp_path) is None

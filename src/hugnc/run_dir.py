@@ -195,6 +195,8 @@ def load_checkpoint(
 
     import torch
 
+    if (problem := not_a_checkpoint(path)) is not None:
+        raise NotARunDirError(problem)
     try:
         return cast(dict[str, Any], torch.load(path, map_location="cpu", weights_only=not trust))
     except pickle.UnpicklingError as error:
@@ -203,6 +205,22 @@ def load_checkpoint(
             f"{path} holds more than tensors and plain containers ({reason[:200]}); loading it "
             f"would run code named in the file. Only if you made it yourself: {opt_in}"
         ) from error
+    except (RuntimeError, EOFError, OSError) as error:  # a damaged archive
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise NotARunDirError(f"{path} cannot be read as a checkpoint ({reason[:200]})") from error
+
+
+def not_a_checkpoint(path: str | Path) -> str | None:
+    """Why the file ``path`` is no PyTorch checkpoint (``torch.save`` writes a zip archive; a
+    truncated one has lost the archive's index at its end), or ``None``."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return None
+    return (
+        f"{path} is not a PyTorch checkpoint, or a damaged one (torch.save and Lightning write a "
+        "zip archive; this file is none)"
+    )
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best", trust: bool = False) -> Path:
@@ -412,4 +430,5 @@ def checkpoint_problem(ckpt_path: str | None, run_dir: str | Path) -> str | None
         )
     if not Path(ckpt_path).is_file():
         return f"ckpt_path={ckpt_path}: no such file"
-    return None
+    problem = not_a_checkpoint(ckpt_path)
+    return f"ckpt_path={problem}" if problem else None

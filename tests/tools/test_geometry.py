@@ -93,6 +93,32 @@ def test_checkpoint_from_elsewhere_cannot_run_code(
     assert marker.exists()
 
 
+@pytest.mark.parametrize("damage", ["text", "truncated", "zip-without-pickle"])
+def test_a_file_that_is_no_checkpoint_is_one_clear_error(
+    tiny_run_dir: Path, tmp_path: Path, capsys, damage: str
+) -> None:
+    """Not a checkpoint (a text file, a copy cut short, another zip) is said so: neither a
+    traceback nor the advice to trust the file."""
+    import zipfile
+
+    path = tmp_path / "given.ckpt"
+    if damage == "text":
+        path.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    elif damage == "truncated":
+        data = (tiny_run_dir / "checkpoints" / "last.ckpt").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "hello")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tiny_run_dir), "--checkpoint", str(path), "--max-batches", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]  # after argparse's usage
+    assert "Traceback" not in err and str(path) in line and "--trust-checkpoint" not in line
+    assert "not a PyTorch checkpoint" in line or "cannot be read as a checkpoint" in line
+
+
 def test_moved_run_dir_resolves_to_its_new_place(tiny_run_dir: Path, tmp_path: Path) -> None:
     moved = tmp_path / "moved"
     shutil.copytree(tiny_run_dir / ".hydra", moved / ".hydra")
