@@ -374,6 +374,18 @@ def test_continual_entry_point_checks_its_config(option: str) -> None:
         check_command_line([f"data={option}", "continual.fresh_optimizer=no"], "continual")
 
 
+@pytest.mark.parametrize("option", ["fashion_mnist", "cifar10_lt"])
+def test_the_entry_points_take_their_own_kind_of_data(option: str) -> None:
+    """A whole dataset is python -m hugnc's, a continual split python -m hugnc.continual's: the
+    other entry point says which to use (it would fail with a traceback after setup)."""
+    with pytest.raises(ConfigCheckError) as refused:
+        check_command_line([f"data={option}"], config_name="continual")
+    assert f"data: {option} is not a continual split" in str(refused.value)
+    assert f"python -m hugnc on data={option}" in str(refused.value)
+    with pytest.raises(ConfigCheckError, match="split_fashion_mnist is a continual split: run"):
+        check_command_line(["data=split_fashion_mnist"])
+
+
 def test_ufm_entry_point_checks_its_config() -> None:
     check_command_line(["loss=mgd_hug", "ufm.num_classes=10"], config_name="ufm")
     with pytest.raises(ConfigCheckError, match=r"ufm\.lr = 0: must be > 0 \(command line\)"):

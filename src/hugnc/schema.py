@@ -270,15 +270,23 @@ def _check_structure(cfg: DictConfig) -> list[Problem]:
                 continue
             problems.append(Problem(f"{group}.{name}", "needs a _target_ (or null to drop it)"))
     entry_point = OmegaConf.select(cfg, "hydra.job.config_name", default=None)
-    if entry_point == "train" and OmegaConf.select(cfg, "data._target_", default=None) == (
-        "hugnc.data.ContinualDataModule"
-    ):
-        name = OmegaConf.select(cfg, "hydra.runtime.choices.data", default=None) or "split_*"
+    target = OmegaConf.select(cfg, "data._target_", default=None)
+    name = OmegaConf.select(cfg, "hydra.runtime.choices.data", default=None) or "split_*"
+    if entry_point == "train" and target == "hugnc.data.ContinualDataModule":
         problems.append(
             Problem(
                 "data",
                 f"{name} is a continual split: run it with python -m hugnc.continual "
                 f"data={name} (README, 'Continual learning')",
+            )
+        )
+    elif entry_point == "continual" and target != "hugnc.data.ContinualDataModule":
+        problems.append(
+            Problem(
+                "data",
+                f"{name} is not a continual split: python -m hugnc.continual trains on one "
+                "(data=split_fashion_mnist, split_cifar10, split_cifar100), python -m hugnc on "
+                f"data={name}",
             )
         )
     return problems
