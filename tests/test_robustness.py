@@ -83,10 +83,14 @@ def trained(request: pytest.FixtureRequest, datamodule: FashionMNISTDataModule) 
 
 def test_budgets_and_attack_specs() -> None:
     assert parse_budget("8/255") == pytest.approx(8 / 255)
-    assert parse_budget(" 0.3 ") == 0.3 and parse_budget(2) == 2.0
+    assert parse_budget(" 0.3 ") == 0.3 and parse_budget(1) == 1.0
     for bad in ("-0.1", "1/0", "eight", float("nan")):
         with pytest.raises(ValueError):
             parse_budget(bad)
+    with pytest.raises(
+        ValueError, match=r"\[0, 1\] pixel units .*got 8; for 8 of 255 levels write 8/255"
+    ):
+        parse_budget(8)  # a slip for 8/255
     specs = parse_attacks(
         ["fgsm", "pgd", "pgd20", {"name": "pgd", "steps": 5, "eps": "0.3", "label": "big"}],
         eps="8/255",
@@ -310,6 +314,10 @@ def test_attack_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
         attack_main([str(tmp_path), "--eps", "eight"])
     assert exit_info.value.code == 2
     assert "--eps" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        attack_main([str(tmp_path), "--eps", "8"])
+    assert exit_info.value.code == 2
+    assert "for 8 of 255 levels write 8/255" in capsys.readouterr().err
 
 
 @pytest.mark.real_data

@@ -60,7 +60,8 @@ def parse_budget(value: float | int | str) -> float:
     """A budget as a float: a number, or a fraction string such as ``"8/255"``.
 
     Raises:
-        ValueError: not a number, not a fraction, or negative.
+        ValueError: not a number, not a fraction, or outside [0, 1] (pixel units: ``8`` is a
+            slip for ``8/255``, and anything above 1 allows every image).
     """
     if isinstance(value, str):
         match = _FRACTION.match(value)
@@ -72,6 +73,11 @@ def parse_budget(value: float | int | str) -> float:
         number = float(value)
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"attack budgets must be finite and >= 0, got {value!r}")
+    if number > 1:
+        raise ValueError(
+            f"attack budgets are in [0, 1] pixel units (images lie in [0, 1]), got {value!r}; "
+            f"for {value} of 255 levels write {value}/255"
+        )
     return number
 
 
