@@ -386,6 +386,12 @@ def test_the_entry_points_take_their_own_kind_of_data(option: str) -> None:
         check_command_line(["data=split_fashion_mnist"])
 
 
+def test_more_tasks_than_classes_is_refused_before_the_run() -> None:
+    with pytest.raises(ConfigCheckError, match=r"data: cannot split 10 classes into num_tasks=20"):
+        check_command_line(["data=split_fashion_mnist", "data.num_tasks=20"], "continual")
+    check_command_line(["data=split_fashion_mnist", "data.num_tasks=10"], "continual")
+
+
 def test_ufm_entry_point_checks_its_config() -> None:
     check_command_line(["loss=mgd_hug", "ufm.num_classes=10"], config_name="ufm")
     with pytest.raises(ConfigCheckError, match=r"ufm\.lr = 0: must be > 0 \(command line\)"):

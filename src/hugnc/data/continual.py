@@ -34,13 +34,19 @@ Scenario = Literal["class", "task"]
 SCENARIOS: tuple[str, ...] = typing.get_args(Scenario)
 
 
+def _split_problem(num_classes: int, num_tasks: int) -> str | None:
+    if 1 <= num_tasks <= num_classes:
+        return None
+    return (
+        f"cannot split {num_classes} classes into num_tasks={num_tasks} tasks "
+        f"(need 1 <= num_tasks <= {num_classes})"
+    )
+
+
 def split_classes(num_classes: int, num_tasks: int, seed: int = 0) -> list[list[int]]:
     """A seeded random class order cut into ``num_tasks`` tasks (sizes differ by at most one)."""
-    if not 1 <= num_tasks <= num_classes:
-        raise ValueError(
-            f"cannot split {num_classes} classes into num_tasks={num_tasks} tasks "
-            f"(need 1 <= num_tasks <= {num_classes})"
-        )
+    if (problem := _split_problem(num_classes, num_tasks)) is not None:
+        raise ValueError(problem)
     order = torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed))
     return [chunk.tolist() for chunk in torch.tensor_split(order, num_tasks)]
 
@@ -84,6 +90,10 @@ class ContinualDataModule(LightningDataModule):
         datamodule_cls = DATAMODULES.get(dataset) if isinstance(dataset, str) else None
         if datamodule_cls is None:
             return None  # the constructor names the choices
+        match options.get("num_classes"), options.get("num_tasks"):
+            case int(num_classes), int(num_tasks):
+                if (problem := _split_problem(num_classes, num_tasks)) is not None:
+                    return f"data: {problem}"
         own = inspect.signature(cls.__init__).parameters
         return datamodule_cls.config_problem({k: v for k, v in options.items() if k not in own})
 
