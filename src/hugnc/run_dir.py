@@ -269,7 +269,8 @@ class ResumeError(ValueError):
     """The directory cannot be resumed; the message says why and what is expected."""
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The key an override sets, adds or deletes (``+a.b=1``, ``~a.b`` -> ``a.b``)."""
     return override.lstrip("+~").split("=", 1)[0]
 
 
@@ -327,8 +328,8 @@ def resume_arguments(run_dir: str | Path, extra_overrides: Sequence[str] = ()) -
             f"resume={run_dir}: no checkpoints/last.ckpt to continue from (it is written at the "
             "end of every epoch; a run killed during its first epoch has to be started again)"
         )
-    saved = [str(o) for o in OmegaConf.load(overrides) if _key(str(o)) not in _RESUME_KEYS]
-    given = {_key(o) for o in extra_overrides}
+    saved = [str(o) for o in OmegaConf.load(overrides) if override_key(str(o)) not in _RESUME_KEYS]
+    given = {override_key(o) for o in extra_overrides}
     config = OmegaConf.load(config_file(run_dir))
     if (read_status(run_dir) or {}).get("status") == "completed" and not given & _BUDGET_KEYS:
         # Lightning would train nothing, test again and replace the run's final metrics.
@@ -346,7 +347,7 @@ def resume_arguments(run_dir: str | Path, extra_overrides: Sequence[str] = ()) -
             "budget you want, or use a schedule that does not depend on it (scheduler=multistep "
             "or scheduler=none)"
         )
-    arguments = [o for o in saved if _key(o) not in given] + list(extra_overrides)
+    arguments = [o for o in saved if override_key(o) not in given] + list(extra_overrides)
     return [*arguments, f"hydra.run.dir={run_dir}", *_continue_from(run_dir)]
 
 
@@ -368,7 +369,10 @@ def requeue_overrides(job_dir: str | Path, overrides: Sequence[str]) -> list[str
     job_dir = Path(job_dir).resolve()
     if not last_checkpoint(job_dir).is_file():
         return list(overrides)
-    return [*(o for o in overrides if _key(o) not in _RESUME_KEYS), *_continue_from(job_dir)]
+    return [
+        *(o for o in overrides if override_key(o) not in _RESUME_KEYS),
+        *_continue_from(job_dir),
+    ]
 
 
 def rewrite_argv(argv: Sequence[str]) -> list[str]:

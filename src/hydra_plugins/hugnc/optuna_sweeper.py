@@ -90,9 +90,11 @@ class SearchSpace:
         searched keys with their ranges, and the fixed overrides by key."""
         from optuna.distributions import distribution_to_json
 
+        from hugnc.run_dir import override_key
+
         return {
             "space": {key: distribution_to_json(d) for key, d in self.distributions.items()},
-            "fixed": {_override_key(line): line for line in self.fixed},
+            "fixed": {override_key(line): line for line in self.fixed},
         }
 
     def bounds(self) -> list[tuple[str, list[str]]]:
@@ -114,10 +116,6 @@ class SearchSpace:
                 (f"the search space's {label} bounds ({shown})", self.trial_overrides(values))
             )
         return corners
-
-
-def _override_key(line: str) -> str:
-    return line.lstrip("+~").split("=", 1)[0]
 
 
 def _as_override(key: str, dist_json: str) -> str:
@@ -393,6 +391,8 @@ class OptunaSweeper(Sweeper):
         """Run trials until the study has ``n_trials`` finished ones; log the best."""
         from optuna.trial import TrialState
 
+        from hugnc.run_dir import multirun_file
+
         assert self.config is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         space = search_space(self.params, arguments, parser)
@@ -404,8 +404,6 @@ class OptunaSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         study = self.open_study(sweep_dir, space)  # before anything is written: may refuse
-        from hugnc.run_dir import multirun_file
-
         OmegaConf.save(self.config, multirun_file(sweep_dir))  # what BasicSweeper saves
         rerun = recover_interrupted(study)
         if rerun:
