@@ -39,7 +39,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hugnc.config import config_dir
 from hugnc.errors import DEBUG_ENV, report
-from hugnc.run_dir import checkpoint_problem, output_location_problem
+from hugnc.run_dir import checkpoint_problem, output_location_problem, override_key
 from hugnc.schema import Problem, Signature, target_signature, unknown_key_problem, validate_config
 
 #: Exit code of a rejected command line (argparse's, for usage errors).
@@ -68,10 +68,6 @@ class _Job:
 
     overrides: list[str]
     label: str = ""
-
-
-def _override_key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
 
 
 def _first_lines(message: str) -> str:
@@ -151,7 +147,7 @@ def search_jobs(master: DictConfig) -> list[_Job]:
 
 def _origin(problem: Problem, cfg: DictConfig | None, overrides: Sequence[str]) -> str:
     """Where the offending value came from: the command line or a group option's yaml file."""
-    given = {_override_key(o) for o in overrides}
+    given = {override_key(o) for o in overrides}
     choices = OmegaConf.select(cfg, "hydra.runtime.choices") if cfg is not None else None
     choices = choices or {}
     key = problem.key
@@ -186,9 +182,9 @@ def _composition_problem(error: Exception, overrides: Sequence[str], compose: Co
     if message.startswith("Config group override must be"):
         nulls = [o for o in overrides if o.endswith("=null")]
         if nulls:
-            group = _override_key(nulls[0])
+            group = override_key(nulls[0])
             return f"{nulls[0]}: a config group needs one of its options (to drop it: ~{group})"
-    removed = [_override_key(o) for o in overrides if o.startswith("~")]
+    removed = [override_key(o) for o in overrides if o.startswith("~")]
     needed = [group for group in removed if f"${{{group}}}" in message]
     if needed:  # the defaults list names the removed group (e.g. ${loss})
         return f"{needed[0]}: missing: the run builds an object from it (drop ~{needed[0]})"
@@ -207,7 +203,7 @@ def _not_in_config(full_key: str, overrides: Sequence[str], compose: Compose) ->
     The config without that override says what the node has. A key its ``_target_`` accepts is
     only missing from the yaml (``+key=value`` adds it); anything else is an unknown key.
     """
-    given = [o for o in overrides if _override_key(o) == full_key]
+    given = [o for o in overrides if override_key(o) == full_key]
     rest = [o for o in overrides if o not in given]
     parent_key, _, name = full_key.rpartition(".")
     try:

@@ -270,8 +270,9 @@ class ResumeError(ValueError):
 
 
 def override_key(override: str) -> str:
-    """The key an override sets, adds or deletes (``+a.b=1``, ``~a.b`` -> ``a.b``)."""
-    return override.lstrip("+~").split("=", 1)[0]
+    """The key an override sets, adds or deletes (``+a.b=1``, ``~a.b`` -> ``a.b``; a group
+    option into another package, ``group@pkg=option``, -> ``group``)."""
+    return override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
 
 
 def wandb_run_id(run_dir: Path) -> str | None:
