@@ -526,6 +526,35 @@ def test_output_location_problems(tmp_path: Path) -> None:
         assert "cannot create it in /proc" in output_location_problem("/proc/hugnc/run")
 
 
+def test_a_new_run_or_sweep_never_overwrites_an_earlier_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    check_command_line([f"hydra.run.dir={run}"])  # empty: nothing to lose
+    torch.save({}, run / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigCheckError, match=r"holds an earlier run \(1 checkpoint"):
+        check_command_line([f"hydra.run.dir={run}"])
+    (run / "metrics.json").write_text('{"status": "completed"}')
+    with pytest.raises(ConfigCheckError) as refused:
+        check_command_line([f"hydra.run.dir={run}"])
+    assert f"resume={run}" in str(refused.value) and "status completed" in str(refused.value)
+    check_command_line([f"hydra.run.dir={run}", "ckpt_path=last"])  # a continuation
+    # DDP rank 1 joins its job's directory (hydra_job_rank_command).
+    check_command_line([f"hydra.run.dir={run}", "hydra.output_subdir=null"])
+
+    sweep = tmp_path / "sweep"
+    check_command_line(["-m", f"hydra.sweep.dir={sweep}", "seed=0,1"])
+    (sweep / "1" / ".hydra").mkdir(parents=True)
+    (sweep / "1" / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    check_command_line(["-m", f"hydra.sweep.dir={sweep}", "seed=0,1"])  # killed before a result
+    (sweep / "1" / "metrics.json").write_text('{"status": "failed"}')
+    with pytest.raises(ConfigCheckError, match=r"holds the runs of an earlier sweep \(jobs 1\)"):
+        check_command_line(["-m", f"hydra.sweep.dir={sweep}", "seed=0,1"])
+    assert sorted(p.name for p in sweep.iterdir()) == ["1"]
+
+
 def test_checkpoint_paths_are_checked_before_the_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "old_run"
     assert checkpoint_problem(None, run_dir) is None

@@ -277,7 +277,9 @@ def test_ddp_ranks_of_a_ray_job_start_from_the_drivers_command(
     # The driver: `python /x/hugnc/__main__.py -cn train -m seed=0,1` (a script, no module spec).
     monkeypatch.setattr("__main__.__spec__", None)
     monkeypatch.setattr("sys.argv", ["/x/hugnc/__main__.py", "-cn", "train", "-m", "seed=0,1"])
-    monkeypatch.delenv(ENTRY_COMMAND_ENV, raising=False)
+    # setenv first: monkeypatch then restores the variable's absence after export_entry_command.
+    monkeypatch.setenv(ENTRY_COMMAND_ENV, "")
+    monkeypatch.delenv(ENTRY_COMMAND_ENV)
     export_entry_command()
     monkeypatch.setattr("sys.argv", ["default_worker.py", "--node-ip-address=10.0.0.1"])
     hydra_cfg = OmegaConf.create(

@@ -39,7 +39,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hugnc.config import config_dir
 from hugnc.errors import DEBUG_ENV, report
-from hugnc.run_dir import checkpoint_problem, output_location_problem, override_key
+from hugnc.run_dir import (
+    checkpoint_problem,
+    earlier_run_problem,
+    earlier_sweep_problem,
+    output_location_problem,
+    override_key,
+)
 from hugnc.schema import Problem, Signature, target_signature, unknown_key_problem, validate_config
 
 #: Exit code of a rejected command line (argparse's, for usage errors).
@@ -252,7 +258,16 @@ def _check_output_location(cfg: DictConfig, multirun: bool) -> None:
 
 
 def _check_checkpoint(cfg: DictConfig) -> None:
-    problem = checkpoint_problem(cfg.get("ckpt_path"), _output_directory(cfg, multirun=False))
+    """``ckpt_path`` names a checkpoint; without one (a new run), the run directory holds no
+    earlier run. DDP ranks and SLURM tasks after the first (``hydra.output_subdir=null``) join
+    their job's directory."""
+    run_dir = _output_directory(cfg, multirun=False)
+    if cfg.get("ckpt_path") is not None:
+        problem = checkpoint_problem(cfg.get("ckpt_path"), run_dir)
+    elif OmegaConf.select(cfg, "hydra.output_subdir") is not None:
+        problem = earlier_run_problem(run_dir)
+    else:
+        problem = None
     if problem:
         raise ConfigCheckError(f"hugnc: {problem}")
 
@@ -356,6 +371,9 @@ class ConfigCheck(Callback):
         def check() -> None:
             sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_"))
             if sweeper.endswith("BasicSweeper"):
+                problem = earlier_sweep_problem(_output_directory(config, multirun=True))
+                if problem:
+                    raise ConfigCheckError(f"hugnc: {problem}")
                 jobs = sweep_jobs(config)
             elif sweeper == OPTUNA_SWEEPER:
                 jobs = search_jobs(config)

@@ -412,6 +412,45 @@ def output_location_problem(directory: str | Path) -> str | None:
     return None
 
 
+def _earlier_run(directory: Path) -> str | None:
+    """What of an earlier run ``directory`` holds (its status, or its checkpoints), or ``None``."""
+    status = (
+        (read_status(directory) or {}).get("status") if metrics_file(directory).is_file() else None
+    )
+    if status:
+        return f"{METRICS_FILE}: status {status}"
+    checkpoints = list(checkpoint_dir(directory).rglob("*.ckpt"))
+    return f"{len(checkpoints)} checkpoint(s)" if checkpoints else None
+
+
+def earlier_run_problem(run_dir: str | Path) -> str | None:
+    """Why a new run must not start in ``run_dir``: it holds an earlier run, whose checkpoints
+    and metrics the new one would overwrite (a continuation gives ``ckpt_path`` instead)."""
+    run_dir = Path(run_dir).absolute()
+    held = _earlier_run(run_dir) if run_dir.is_dir() else None
+    if held is None:
+        return None
+    return (
+        f"output directory {run_dir} holds an earlier run ({held}); a new run there would "
+        f"overwrite it. Continue it with python -m hugnc resume={run_dir}, or start the new run "
+        "elsewhere (leave hydra.run.dir unset, or give a new one)"
+    )
+
+
+def earlier_sweep_problem(sweep_dir: str | Path) -> str | None:
+    """Why a new basic sweep must not start in ``sweep_dir``: its jobs (numbered from 0) would
+    overwrite the runs of an earlier sweep there."""
+    held = [job.name for job in job_dirs(sweep_dir) if _earlier_run(job) is not None]
+    if not held:
+        return None
+    shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+    return (
+        f"sweep directory {Path(sweep_dir).absolute()} holds the runs of an earlier sweep (jobs "
+        f"{shown}); a new sweep there would overwrite them. Give a new hydra.sweep.dir (or "
+        "leave it unset)"
+    )
+
+
 def checkpoint_problem(ckpt_path: str | None, run_dir: str | Path) -> str | None:
     """Why ``ckpt_path`` of a run in ``run_dir`` names no checkpoint, or ``None``.
 
